@@ -1,0 +1,403 @@
+/*
+ * Connections: reading into the input buffer, writing the output queue with
+ * writev, the connection's timer, lingering and deferred close.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/core_internal.h"
+
+/* --- The plain transport ------------------------------------------------ */
+
+static ssize_t plain_read(ymo_conn_t *c, char *buf, size_t len)
+{
+    ssize_t n;
+    do
+        n = read(c->fd, buf, len);
+    while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+static ssize_t plain_writev(ymo_conn_t *c, const struct iovec *iov, int iovcnt)
+{
+    /* sendmsg rather than writev: MSG_NOSIGNAL keeps a peer's reset from
+     * raising SIGPIPE in a process that did not ignore it. */
+    struct msghdr msg = {0};
+    msg.msg_iov = (struct iovec *)iov;
+    msg.msg_iovlen = (size_t)iovcnt;
+    ssize_t n;
+    do
+        n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+static void plain_shutdown(ymo_conn_t *c)
+{
+    shutdown(c->fd, SHUT_WR);
+}
+
+const ymo_transport_t ymo__plain_transport = {
+    .read = plain_read,
+    .writev = plain_writev,
+    .shutdown = plain_shutdown,
+};
+
+/* --- Input ------------------------------------------------------------- */
+
+int ymo_conn_reserve(ymo_conn_t *c, size_t n)
+{
+    if (c->in.cap - c->in.len >= n)
+        return 0;
+    size_t ncap = c->in.cap ? c->in.cap : 4096;
+    while (ncap - c->in.len < n)
+        ncap *= 2;
+    char *nd = realloc(c->in.data, ncap);
+    if (nd == NULL)
+        return YMO_E_NOMEM;
+    c->in.data = nd;
+    c->in.cap = ncap;
+    return 0;
+}
+
+void ymo_conn_release_input(ymo_conn_t *c)
+{
+    if (c->in.len == 0 && c->in.data != NULL) {
+        free(c->in.data);
+        c->in.data = NULL;
+        c->in.cap = 0;
+    }
+}
+
+void ymo_conn_read_start(ymo_conn_t *c)
+{
+    if (!(c->flags & (YMO_CONN_READING | YMO_CONN_CLOSED | YMO_CONN_EOF))) {
+        ev_io_start(c->server->loop, &c->rio);
+        c->flags |= YMO_CONN_READING;
+    }
+}
+
+void ymo_conn_read_stop(ymo_conn_t *c)
+{
+    if (c->flags & YMO_CONN_READING) {
+        ev_io_stop(c->server->loop, &c->rio);
+        c->flags &= ~YMO_CONN_READING;
+    }
+}
+
+void ymo_conn_timer(ymo_conn_t *c, double seconds)
+{
+    if (c->flags & YMO_CONN_CLOSED)
+        return;
+    if (seconds <= 0) {
+        ev_timer_stop(c->server->loop, &c->timer);
+        return;
+    }
+    c->timer.repeat = seconds;
+    ev_timer_again(c->server->loop, &c->timer);
+}
+
+/* Read and drop input until EOF: the last response is out and the socket is
+ * half closed; closing with unread input would reset the connection and
+ * could destroy that response before the peer reads it. */
+static void linger_read(ymo_conn_t *c)
+{
+    char scratch[4096];
+    for (int i = 0; i < 16; i++) {
+        ssize_t n = c->transport->read(c, scratch, sizeof(scratch));
+        if (n == -EAGAIN)
+            return;
+        if (n <= 0) {
+            ymo_conn_close(c);
+            return;
+        }
+    }
+}
+
+static void on_read(struct ev_loop *loop, ev_io *w, int revents)
+{
+    ymo_conn_t *c = ymo_container_of(w, ymo_conn_t, rio);
+    ymo_server_t *s = c->server;
+
+    if (c->flags & YMO_CONN_LINGERING) {
+        linger_read(c);
+        return;
+    }
+    int got = 0;
+    for (int i = 0; i < 4; i++) {
+        if (ymo_conn_reserve(c, s->cfg.read_size) < 0) {
+            ymo__log(s, YMO_LOG_ERROR, "out of memory reading from a connection");
+            ymo_conn_close(c);
+            return;
+        }
+        size_t room = c->in.cap - c->in.len;
+        ssize_t n = c->transport->read(c, c->in.data + c->in.len, room);
+        if (n > 0) {
+            c->in.len += (size_t)n;
+            got = 1;
+            if ((size_t)n < room)
+                break;
+            continue;
+        }
+        if (n == -EAGAIN)
+            break;
+        /* EOF or a failed read: let the protocol see what arrived first. */
+        if (got)
+            c->proto->on_data(c);
+        if (c->flags & YMO_CONN_CLOSED)
+            return;
+        c->flags |= YMO_CONN_EOF;
+        ymo_conn_read_stop(c);
+        c->proto->on_eof(c, n == 0 ? 0 : (int)n);
+        return;
+    }
+    if (got)
+        c->proto->on_data(c);
+    else
+        ymo_conn_release_input(c);
+}
+
+/* --- Output ------------------------------------------------------------ */
+
+static void linger_start(ymo_conn_t *c)
+{
+    c->flags |= YMO_CONN_LINGERING;
+    c->flags &= ~YMO_CONN_CLOSE_AFTER_FLUSH;
+    c->transport->shutdown(c);
+    if (c->flags & YMO_CONN_EOF) {
+        ymo_conn_close(c);
+        return;
+    }
+    /* Input already buffered is dropped with the connection. */
+    c->in.len = 0;
+    ymo_conn_read_start(c);
+    ymo_conn_timer(c, c->server->cfg.linger_timeout);
+}
+
+int ymo_conn_flush(ymo_conn_t *c)
+{
+    ymo_server_t *s = c->server;
+    struct iovec iov[YMO_IOV_MAX];
+
+    if (c->flags & YMO_CONN_CLOSED)
+        return YMO_E_CLOSED;
+    while (c->out.bytes > 0) {
+        int n = ymo__outq_iov(&c->out, iov, YMO_IOV_MAX);
+        ssize_t w = c->transport->writev(c, iov, n);
+        if (w >= 0) {
+            ymo__outq_consume(&c->out, (size_t)w, s);
+            continue;
+        }
+        if (w == -EAGAIN) {
+            if (!(c->flags & YMO_CONN_WRITING)) {
+                ev_io_start(s->loop, &c->wio);
+                c->flags |= YMO_CONN_WRITING;
+            }
+            ymo_conn_timer(c, s->cfg.send_timeout);
+            return 0;
+        }
+        ymo__log(s, YMO_LOG_DEBUG, "write failed: %s", ymo_strerror((int)w));
+        ymo_conn_close(c);
+        return (int)w;
+    }
+    if (c->flags & YMO_CONN_WRITING) {
+        ev_io_stop(s->loop, &c->wio);
+        c->flags &= ~YMO_CONN_WRITING;
+    }
+    if (c->flags & YMO_CONN_CLOSE_AFTER_FLUSH)
+        linger_start(c);
+    else
+        c->proto->on_drained(c);
+    return 0;
+}
+
+void ymo_conn_close_after_flush(ymo_conn_t *c)
+{
+    if (c->flags & (YMO_CONN_CLOSED | YMO_CONN_LINGERING))
+        return;
+    c->flags |= YMO_CONN_CLOSE_AFTER_FLUSH;
+    ymo_conn_read_stop(c);
+    if (c->out.bytes == 0)
+        linger_start(c);
+}
+
+static void on_write(struct ev_loop *loop, ev_io *w, int revents)
+{
+    ymo_conn_flush(ymo_container_of(w, ymo_conn_t, wio));
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    ymo_conn_t *c = ymo_container_of(w, ymo_conn_t, timer);
+    if (c->flags & YMO_CONN_LINGERING) {
+        ymo_conn_close(c);
+        return;
+    }
+    if (c->out.bytes > 0 && (c->flags & YMO_CONN_WRITING)) {
+        /* No write made progress for send_timeout seconds. */
+        ymo__log(c->server, YMO_LOG_DEBUG, "send timeout, closing connection");
+        ymo_conn_close(c);
+        return;
+    }
+    c->proto->on_timeout(c);
+}
+
+/* --- Blocking waits on one connection ----------------------------------- */
+
+static int poll_one(int fd, short events, double timeout)
+{
+    struct pollfd pfd = {.fd = fd, .events = events};
+    int ms = timeout < 0 ? -1 : (int)(timeout * 1000.0);
+    int r;
+    do
+        r = poll(&pfd, 1, ms);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return -errno;
+    if (r == 0)
+        return YMO_E_TIMEOUT;
+    return 0;
+}
+
+int ymo_conn_flush_sync(ymo_conn_t *c, double timeout)
+{
+    struct iovec iov[YMO_IOV_MAX];
+    while (c->out.bytes > 0) {
+        if (c->flags & YMO_CONN_CLOSED)
+            return YMO_E_CLOSED;
+        int n = ymo__outq_iov(&c->out, iov, YMO_IOV_MAX);
+        ssize_t w = c->transport->writev(c, iov, n);
+        if (w >= 0) {
+            ymo__outq_consume(&c->out, (size_t)w, c->server);
+            continue;
+        }
+        if (w != -EAGAIN)
+            return (int)w;
+        int r = poll_one(c->fd, POLLOUT, timeout);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+int ymo_conn_read_sync(ymo_conn_t *c, double timeout)
+{
+    if (c->flags & (YMO_CONN_CLOSED | YMO_CONN_EOF))
+        return YMO_E_CLOSED;
+    for (;;) {
+        if (ymo_conn_reserve(c, c->server->cfg.read_size) < 0)
+            return YMO_E_NOMEM;
+        ssize_t n = c->transport->read(c, c->in.data + c->in.len, c->in.cap - c->in.len);
+        if (n > 0) {
+            c->in.len += (size_t)n;
+            return 0;
+        }
+        if (n == 0) {
+            c->flags |= YMO_CONN_EOF;
+            return YMO_E_CLOSED;
+        }
+        if (n != -EAGAIN)
+            return (int)n;
+        int r = poll_one(c->fd, POLLIN, timeout);
+        if (r < 0)
+            return r;
+    }
+}
+
+/* --- Lifecycle --------------------------------------------------------- */
+
+ymo_conn_t *ymo__conn_new(ymo_server_t *s, int fd, const struct sockaddr *peer,
+                          socklen_t peer_len)
+{
+    ymo_conn_t *c = s->free_conns;
+    if (c != NULL) {
+        s->free_conns = c->next;
+        s->nfree--;
+    } else {
+        c = malloc(sizeof(*c));
+        if (c == NULL) {
+            close(fd);
+            return NULL;
+        }
+    }
+    memset(c, 0, sizeof(*c));
+    c->server = s;
+    c->fd = fd;
+    c->id = ++s->next_id;
+    c->transport = &ymo__plain_transport;
+    if (peer_len > sizeof(c->peer))
+        peer_len = sizeof(c->peer);
+    memcpy(&c->peer, peer, peer_len);
+    c->peer_len = peer_len;
+    ev_io_init(&c->rio, on_read, fd, EV_READ);
+    ev_io_init(&c->wio, on_write, fd, EV_WRITE);
+    ev_init(&c->timer, on_timer);
+
+    c->next = s->conns;
+    if (s->conns != NULL)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+
+    if (ymo__http_attach(c) < 0) {
+        ymo_conn_close(c);
+        return NULL;
+    }
+    return c;
+}
+
+void ymo_conn_close(ymo_conn_t *c)
+{
+    ymo_server_t *s = c->server;
+    if (c->flags & YMO_CONN_CLOSED)
+        return;
+    c->flags |= YMO_CONN_CLOSED;
+    ev_io_stop(s->loop, &c->rio);
+    ev_io_stop(s->loop, &c->wio);
+    ev_timer_stop(s->loop, &c->timer);
+    close(c->fd);
+    c->fd = -1;
+
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    c->next = c->prev = NULL;
+    s->nconns--;
+
+    c->next_closing = s->closing;
+    s->closing = c;
+    if (s->stopping && s->nconns == 0)
+        ev_break(s->loop, EVBREAK_ONE);
+}
+
+/* Connections are freed here, in the loop's prepare phase, never inside
+ * their own callbacks. */
+void ymo__conn_reap(ymo_server_t *s)
+{
+    while (s->closing != NULL) {
+        ymo_conn_t *c = s->closing;
+        s->closing = c->next_closing;
+        if (c->proto != NULL && c->proto->on_free != NULL)
+            c->proto->on_free(c);
+        ymo__outq_free(&c->out, s);
+        free(c->in.data);
+#ifdef YMO_DEBUG
+        /* Plain free under the sanitizers keeps use-after-free visible. */
+        free(c);
+#else
+        if (s->nfree < 256) {
+            c->next = s->free_conns;
+            s->free_conns = c;
+            s->nfree++;
+        } else {
+            free(c);
+        }
+#endif
+    }
+}

@@ -1,0 +1,461 @@
+/*
+ * The server: one libev loop, its listeners, the accept path, the ready list
+ * dispatched once per loop iteration, and graceful stop.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/core_internal.h"
+
+struct ymo_listener_s {
+    ev_io io;
+    ev_timer retry;             /* accept paused after EMFILE */
+    int fd;
+    ymo_server_t *server;
+    ymo_listener_t *next;
+};
+
+void ymo_server_config_default(ymo_server_config_t *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    ymo_http_limits_default(&cfg->http);
+    cfg->keepalive_timeout = 5.0;
+    cfg->header_timeout = 10.0;
+    cfg->body_timeout = 30.0;
+    cfg->send_timeout = 30.0;
+    cfg->linger_timeout = 2.0;
+    cfg->read_size = 16384;
+    cfg->output_high_water = 1u << 20;
+    cfg->backlog = 1024;
+    cfg->max_accept = 64;
+    cfg->max_dispatch = 64;
+}
+
+void ymo__log(ymo_server_t *s, int level, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (s->hooks.log != NULL)
+        s->hooks.log(s, level, msg);
+}
+
+/* libev reports failures it cannot return (e.g. a failing epoll_wait) here
+ * instead of aborting the process. */
+static void on_syserr(const char *msg)
+{
+    fprintf(stderr, "yimmo: libev: %s: %s\n", msg, strerror(errno));
+}
+
+/* --- Date cache ---------------------------------------------------------- */
+
+static const char *const wdays[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                     "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+
+const char *ymo_server_date(ymo_server_t *s, size_t *len)
+{
+    ev_tstamp now = ev_now(s->loop);
+    if ((time_t)now != (time_t)s->date_at || s->date_len == 0) {
+        time_t t = (time_t)now;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        /* RFC 9110 5.6.7: IMF-fixdate. */
+        int n = snprintf(s->date, sizeof(s->date),
+                         "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n",
+                         wdays[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
+                         tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        s->date_len = n > 0 && (size_t)n < sizeof(s->date) ? (size_t)n : 0;
+        s->date_at = now;
+    }
+    *len = s->date_len;
+    return s->date;
+}
+
+/* --- Header arrays ------------------------------------------------------- */
+
+ymo_http_header_t *ymo__server_headers_get(ymo_server_t *s)
+{
+    ymo_http_header_t *h = s->free_headers;
+    if (h != NULL) {
+        s->free_headers = *(ymo_http_header_t **)h;
+        return h;
+    }
+    size_t n = s->cfg.http.max_headers ? s->cfg.http.max_headers : 1;
+    size_t size = n * sizeof(*h);
+    if (size < sizeof(void *))
+        size = sizeof(void *);
+    return malloc(size);
+}
+
+void ymo__server_headers_put(ymo_server_t *s, ymo_http_header_t *h)
+{
+    if (h == NULL)
+        return;
+#ifdef YMO_DEBUG
+    free(h);
+#else
+    *(ymo_http_header_t **)h = s->free_headers;
+    s->free_headers = h;
+#endif
+}
+
+/* --- Ready list ---------------------------------------------------------- */
+
+void ymo_conn_make_ready(ymo_conn_t *c)
+{
+    ymo_server_t *s = c->server;
+    if (c->flags & (YMO_CONN_READY | YMO_CONN_CLOSED))
+        return;
+    c->flags |= YMO_CONN_READY;
+    c->next_ready = NULL;
+    *s->ready_tail = c;
+    s->ready_tail = &c->next_ready;
+}
+
+void ymo_server_run_ready(ymo_server_t *s)
+{
+    ymo_conn_t *list = s->ready;
+    s->ready = NULL;
+    s->ready_tail = &s->ready;
+    while (list != NULL) {
+        ymo_conn_t *c = list;
+        list = c->next_ready;
+        c->next_ready = NULL;
+        c->flags &= ~YMO_CONN_READY;
+        if (!(c->flags & YMO_CONN_CLOSED))
+            ymo__http_run(c);
+    }
+}
+
+static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    ymo_server_t *s = ymo_container_of(w, ymo_server_t, prepare);
+    if (s->ready != NULL || s->dispatch_wanted)
+        s->hooks.dispatch(s);
+    /* Write everything the handlers produced: one writev per connection. */
+    for (ymo_conn_t *c = s->conns; c != NULL; c = c->next) {
+        if (c->out.bytes > 0 && !(c->flags & YMO_CONN_WRITING))
+            ymo_conn_flush(c);
+    }
+    ymo__conn_reap(s);
+    /* More ready work (the per-iteration bound was hit): poll without
+     * blocking. */
+    if (s->ready != NULL) {
+        if (!ev_is_active(&s->idle))
+            ev_idle_start(loop, &s->idle);
+    } else if (ev_is_active(&s->idle)) {
+        ev_idle_stop(loop, &s->idle);
+    }
+}
+
+static void on_idle(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    /* Nothing: its only job is to keep the poll from blocking. */
+}
+
+/* --- Accept -------------------------------------------------------------- */
+
+static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
+{
+    ymo_listener_t *l = ymo_container_of(w, ymo_listener_t, io);
+    ymo_server_t *s = l->server;
+
+    for (int i = 0; i < s->cfg.max_accept; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            int e = errno;
+            if (e == EAGAIN || e == EWOULDBLOCK)
+                return;
+            if (e == EINTR || e == ECONNABORTED || e == EPROTO)
+                continue;
+            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+                /* Out of descriptors: leave new connections in the backlog
+                 * for a moment instead of spinning on the listener. */
+                ymo__log(s, YMO_LOG_ERROR, "accept: %s; pausing for 100 ms", strerror(e));
+                ev_io_stop(loop, &l->io);
+                ev_timer_set(&l->retry, 0.1, 0.);
+                ev_timer_start(loop, &l->retry);
+                return;
+            }
+            ymo__log(s, YMO_LOG_ERROR, "accept: %s", strerror(e));
+            return;
+        }
+        if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        }
+        if (ymo__conn_new(s, fd, (struct sockaddr *)&ss, len) == NULL)
+            ymo__log(s, YMO_LOG_ERROR, "out of memory accepting a connection");
+    }
+}
+
+static void on_accept_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    ymo_listener_t *l = ymo_container_of(w, ymo_listener_t, retry);
+    if (!l->server->stopping)
+        ev_io_start(loop, &l->io);
+}
+
+static int add_listener(ymo_server_t *s, int fd)
+{
+    ymo_listener_t *l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return YMO_E_NOMEM;
+    l->fd = fd;
+    l->server = s;
+    ev_io_init(&l->io, on_accept, fd, EV_READ);
+    ev_init(&l->retry, on_accept_retry);
+    /* Keep the order of creation: address() reports the first. */
+    ymo_listener_t **tail = &s->listeners;
+    while (*tail != NULL)
+        tail = &(*tail)->next;
+    *tail = l;
+    return 0;
+}
+
+int ymo_server_listen(ymo_server_t *s, const char *host, int port, int reuse_port)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    char portstr[16];
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    int rc = getaddrinfo(host && *host ? host : NULL, portstr, &hints, &res);
+    if (rc != 0)
+        return rc == EAI_SYSTEM ? -errno : -EADDRNOTAVAIL;
+
+    int err = -EADDRNOTAVAIL;
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                        ai->ai_protocol);
+        if (fd < 0) {
+            err = -errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (reuse_port)
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+        if (ai->ai_family == AF_INET6)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, s->cfg.backlog) < 0) {
+            err = -errno;
+            close(fd);
+            continue;
+        }
+        err = add_listener(s, fd);
+        if (err < 0)
+            close(fd);
+        break;
+    }
+    freeaddrinfo(res);
+    return err;
+}
+
+int ymo_server_listen_fd(ymo_server_t *s, int fd)
+{
+    int type = 0;
+    socklen_t tl = sizeof(type);
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0)
+        return -errno;
+    if (type != SOCK_STREAM)
+        return -ENOTSOCK;
+    int acc = 0;
+    socklen_t al = sizeof(acc);
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &al) == 0 && !acc) {
+        if (listen(fd, s->cfg.backlog) < 0)
+            return -errno;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return -errno;
+    return add_listener(s, fd);
+}
+
+int ymo_server_address(ymo_server_t *s, struct sockaddr_storage *ss, socklen_t *len)
+{
+    if (s->listeners == NULL)
+        return -ENOTCONN;
+    *len = sizeof(*ss);
+    if (getsockname(s->listeners->fd, (struct sockaddr *)ss, len) < 0)
+        return -errno;
+    return 0;
+}
+
+/* --- Stop -------------------------------------------------------------- */
+
+static void close_listeners(ymo_server_t *s)
+{
+    while (s->listeners != NULL) {
+        ymo_listener_t *l = s->listeners;
+        s->listeners = l->next;
+        if (s->loop != NULL) {
+            ev_io_stop(s->loop, &l->io);
+            ev_timer_stop(s->loop, &l->retry);
+        }
+        close(l->fd);
+        free(l);
+    }
+}
+
+static void on_stop_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    ymo_server_t *s = ymo_container_of(w, ymo_server_t, stop_timer);
+    ymo__log(s, YMO_LOG_WARNING, "graceful stop timed out; closing %u connections",
+             (unsigned)s->nconns);
+    while (s->conns != NULL)
+        ymo_conn_close(s->conns);
+    ev_break(loop, EVBREAK_ONE);
+}
+
+void ymo__server_conn_idle(ymo_server_t *s, ymo_conn_t *c)
+{
+    if (s->stopping)
+        ymo_conn_close(c);
+}
+
+static void begin_stop(ymo_server_t *s)
+{
+    if (s->stopping)
+        return;
+    s->stopping = 1;
+    for (ymo_listener_t *l = s->listeners; l != NULL; l = l->next) {
+        ev_io_stop(s->loop, &l->io);
+        ev_timer_stop(s->loop, &l->retry);
+    }
+    /* Idle connections go now; busy ones after their current exchange. */
+    ymo_conn_t *next;
+    for (ymo_conn_t *c = s->conns; c != NULL; c = next) {
+        next = c->next;
+        c->flags |= YMO_CONN_DRAINING;
+        if (ymo__http_idle(c) && c->out.bytes == 0)
+            ymo_conn_close(c);
+    }
+    if (s->nconns == 0) {
+        ev_break(s->loop, EVBREAK_ONE);
+        return;
+    }
+    if (s->stop_timeout >= 0) {
+        ev_timer_set(&s->stop_timer, s->stop_timeout, 0.);
+        ev_timer_start(s->loop, &s->stop_timer);
+    }
+}
+
+static void on_wakeup(struct ev_loop *loop, ev_async *w, int revents)
+{
+    ymo_server_t *s = ymo_container_of(w, ymo_server_t, wakeup);
+    if (s->stop_requested)
+        begin_stop(s);
+}
+
+void ymo_server_stop(ymo_server_t *s, double timeout)
+{
+    s->stop_timeout = timeout;
+    s->stop_requested = 1;
+    if (s->loop != NULL)
+        ev_async_send(s->loop, &s->wakeup);
+}
+
+/* --- Life cycle -------------------------------------------------------- */
+
+int ymo_server_init(ymo_server_t *s, const ymo_server_config_t *cfg,
+                    const ymo_server_hooks_t *hooks, void *data)
+{
+    memset(s, 0, sizeof(*s));
+    s->cfg = *cfg;
+    s->hooks = *hooks;
+    s->data = data;
+    s->ready_tail = &s->ready;
+    s->stop_timeout = -1;
+    ev_set_syserr_cb(on_syserr);
+    s->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+    if (s->loop == NULL)
+        return YMO_E_NOMEM;
+    ev_prepare_init(&s->prepare, on_prepare);
+    ev_prepare_start(s->loop, &s->prepare);
+    ev_unref(s->loop);
+    ev_idle_init(&s->idle, on_idle);
+    ev_async_init(&s->wakeup, on_wakeup);
+    ev_async_start(s->loop, &s->wakeup);
+    ev_unref(s->loop);
+    ev_init(&s->stop_timer, on_stop_timeout);
+    return 0;
+}
+
+int ymo_server_run(ymo_server_t *s)
+{
+    if (s->stop_requested) {
+        begin_stop(s);
+        if (s->nconns == 0)
+            goto done;
+    } else {
+        for (ymo_listener_t *l = s->listeners; l != NULL; l = l->next)
+            ev_io_start(s->loop, &l->io);
+    }
+    /* The listeners keep the loop alive; the prepare and async watchers
+     * are unref'd so they do not. While stopping, connections do. */
+    for (;;) {
+        ev_run(s->loop, 0);
+        if (s->stopping && s->nconns == 0)
+            break;
+        if (s->stop_requested && !s->stopping) {
+            begin_stop(s);
+            continue;
+        }
+        if (s->stopping) {
+            /* Nothing left to wait on: close what remains. */
+            while (s->conns != NULL)
+                ymo_conn_close(s->conns);
+        }
+        break;
+    }
+done:
+    ev_timer_stop(s->loop, &s->stop_timer);
+    ymo__conn_reap(s);
+    close_listeners(s);
+    return 0;
+}
+
+void ymo_server_free(ymo_server_t *s)
+{
+    if (s->loop != NULL) {
+        while (s->conns != NULL)
+            ymo_conn_close(s->conns);
+        ymo__conn_reap(s);
+    }
+    close_listeners(s);
+    while (s->free_conns != NULL) {
+        ymo_conn_t *c = s->free_conns;
+        s->free_conns = c->next;
+        free(c);
+    }
+    while (s->free_headers != NULL) {
+        ymo_http_header_t *h = s->free_headers;
+        s->free_headers = *(ymo_http_header_t **)h;
+        free(h);
+    }
+    if (s->loop != NULL) {
+        ev_ref(s->loop);
+        ev_prepare_stop(s->loop, &s->prepare);
+        ev_ref(s->loop);
+        ev_async_stop(s->loop, &s->wakeup);
+        ev_idle_stop(s->loop, &s->idle);
+        ev_loop_destroy(s->loop);
+        s->loop = NULL;
+    }
+}

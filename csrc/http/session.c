@@ -1,0 +1,734 @@
+/*
+ * HTTP/1.x on a connection: the request's life from its first byte to the
+ * last byte of its response, pipelining, keep-alive and error answers.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/core_internal.h"
+#include "yimmo/exchange.h"
+
+enum {
+    S_IDLE,         /* between requests */
+    S_HEAD,         /* reading the head */
+    S_BODY,         /* reading the body */
+    S_READY,        /* complete (or waiting for 100-continue), queued */
+    S_RUNNING,      /* the handler runs */
+    S_DEAD          /* answered with an error, closing */
+};
+
+enum {
+    SF_BODY_DONE = 1u << 0,     /* the body has been read in full */
+    SF_CONTINUE_SENT = 1u << 1,
+    SF_PEER_EOF = 1u << 2       /* the peer finished sending */
+};
+
+typedef struct {
+    ymo_http_parser_t parser;
+    ymo_http_header_t *headers;
+    uint32_t state;
+    uint32_t flags;
+    size_t rstart;      /* the request's first byte in c->in */
+    size_t scan;        /* next unparsed byte, from rstart */
+    size_t body_end;    /* end of the decoded body, from rstart */
+    ymo_http_response_t resp;
+    void *exchange;
+} session_t;
+
+#define SESSION(c) ((session_t *)(c)->proto_data)
+
+static void process(ymo_conn_t *c);
+
+/* --- Error answers ------------------------------------------------------- */
+
+static void peer_string(ymo_conn_t *c, char *buf, size_t len);
+
+int ymo_http_respond_error(ymo_conn_t *c, int status, const char *reason)
+{
+    session_t *ss = SESSION(c);
+    ymo_server_t *s = c->server;
+    char head[512];
+    size_t dlen;
+    const char *date = ymo_server_date(s, &dlen);
+    const char *phrase = ymo_http_reason(status);
+    char body[256];
+    int blen = snprintf(body, sizeof(body), "%d %s: %s\n", status, phrase, reason);
+    if (blen < 0 || (size_t)blen >= sizeof(body))
+        blen = (int)sizeof(body) - 1;
+    int hlen = snprintf(head, sizeof(head),
+                        "HTTP/1.1 %d %s\r\nServer: yimmo\r\n%.*s"
+                        "Content-Type: text/plain; charset=utf-8\r\n"
+                        "Content-Length: %d\r\nConnection: close\r\n\r\n",
+                        status, phrase, (int)dlen, date, blen);
+    char peer[64];
+    peer_string(c, peer, sizeof(peer));
+    ymo__log(s, YMO_LOG_INFO, "%d %s from %s: %s", status, phrase, peer, reason);
+
+    ss->state = S_DEAD;
+    /* The exchange in progress, if any, counts as answered. */
+    ss->resp.status = status;
+    ss->resp.flags = YMO_RESP_STARTED | YMO_RESP_HEAD_DONE | YMO_RESP_FINISHED | YMO_RESP_CLOSE;
+    ymo_conn_timer(c, 0);
+    int rc = ymo_outq_copy(&c->out, head, (size_t)hlen);
+    if (rc == 0)
+        rc = ymo_outq_copy(&c->out, body, (size_t)blen);
+    if (rc < 0) {
+        ymo_conn_close(c);
+        return rc;
+    }
+    ymo_conn_close_after_flush(c);
+    return 0;
+}
+
+static void peer_string(ymo_conn_t *c, char *buf, size_t len)
+{
+    char host[48] = "?";
+    int port = 0;
+    if (c->peer.ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&c->peer;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        port = ntohs(a->sin_port);
+    } else if (c->peer.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&c->peer;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        port = ntohs(a->sin6_port);
+    } else {
+        snprintf(buf, len, "unix");
+        return;
+    }
+    snprintf(buf, len, "%s:%d", host, port);
+}
+
+static void parse_failed(ymo_conn_t *c, int err)
+{
+    ymo_http_respond_error(c, ymo_http_error_status(err), ymo_strerror(err));
+}
+
+/* --- Reading requests ---------------------------------------------------- */
+
+/* Move the request in progress to the front of the buffer so the buffer
+ * never grows by what earlier requests left behind. Spans are relative to
+ * the request's first byte, so they stay valid. */
+static void compact(ymo_conn_t *c, session_t *ss)
+{
+    if (ss->rstart == 0)
+        return;
+    size_t left = c->in.len - ss->rstart;
+    if (left > 0)
+        memmove(c->in.data, c->in.data + ss->rstart, left);
+    c->in.len = left;
+    ss->rstart = 0;
+}
+
+/* Decode what has arrived of the body into place, right after the head. */
+static int read_body(ymo_conn_t *c, session_t *ss)
+{
+    char *base = c->in.data + ss->rstart;
+    size_t avail = c->in.len - ss->rstart;
+    for (;;) {
+        size_t consumed = 0, doff = 0, dlen = 0;
+        int r = ymo_http_parse_body(&ss->parser, base + ss->scan, avail - ss->scan,
+                                    &consumed, &doff, &dlen);
+        if (dlen > 0) {
+            char *src = base + ss->scan + doff;
+            char *dst = base + ss->body_end;
+            if (src != dst)
+                memmove(dst, src, dlen);
+            ss->body_end += dlen;
+        }
+        ss->scan += consumed;
+        if (r != YMO_AGAIN || consumed == 0)
+            return r;
+    }
+}
+
+static int expects_body(const ymo_http_parser_t *p)
+{
+    return (p->flags & YMO_HTTP_F_CHUNKED)
+           || ((p->flags & YMO_HTTP_F_CONTENT_LENGTH) && p->content_length > 0);
+}
+
+static void process(ymo_conn_t *c)
+{
+    session_t *ss = SESSION(c);
+    ymo_server_t *s = c->server;
+    int r;
+
+    for (;;) {
+        switch (ss->state) {
+        case S_IDLE:
+            if (c->in.len == ss->rstart) {
+                c->in.len = 0;
+                ss->rstart = 0;
+                ymo_conn_release_input(c);
+                if (c->flags & (YMO_CONN_DRAINING | YMO_CONN_EOF)) {
+                    ymo_conn_close_after_flush(c);
+                    return;
+                }
+                ymo_conn_timer(c, s->cfg.keepalive_timeout);
+                if (c->out.bytes < s->cfg.output_high_water)
+                    ymo_conn_read_start(c);
+                return;
+            }
+            /* Stop parsing while a client that pipelines does not read its
+             * answers; on_drained resumes. */
+            if (c->out.bytes >= s->cfg.output_high_water) {
+                ymo_conn_read_stop(c);
+                return;
+            }
+            if (ss->headers == NULL) {
+                ss->headers = ymo__server_headers_get(s);
+                if (ss->headers == NULL) {
+                    ymo__log(s, YMO_LOG_ERROR, "out of memory for a request");
+                    ymo_conn_close(c);
+                    return;
+                }
+            }
+            ymo_http_parser_init(&ss->parser, &s->cfg.http, ss->headers);
+            memset(&ss->resp, 0, sizeof(ss->resp));
+            ss->flags &= SF_PEER_EOF;
+            ss->state = S_HEAD;
+            /* The header timeout runs from the first byte, not from the
+             * last: a slow trickle of bytes does not extend it. */
+            ymo_conn_timer(c, s->cfg.header_timeout);
+            /* fall through */
+        case S_HEAD:
+            r = ymo_http_parse_head(&ss->parser, c->in.data + ss->rstart, c->in.len - ss->rstart);
+            if (r == YMO_AGAIN) {
+                if (c->flags & YMO_CONN_EOF) {
+                    ymo_conn_close(c);
+                    return;
+                }
+                compact(c, ss);
+                ymo_conn_read_start(c);
+                return;
+            }
+            if (r < 0) {
+                parse_failed(c, r);
+                return;
+            }
+            ss->scan = ss->body_end = ss->parser.head_len;
+            if (!expects_body(&ss->parser)) {
+                ss->flags |= SF_BODY_DONE;
+                ss->state = S_READY;
+                continue;
+            }
+            if (ss->parser.flags & YMO_HTTP_F_EXPECT_CONTINUE) {
+                /* RFC 9110 10.1.1: the handler decides first; 100
+                 * Continue goes out when it asks for the body. */
+                ss->state = S_READY;
+                continue;
+            }
+            if (ss->parser.flags & YMO_HTTP_F_CONTENT_LENGTH) {
+                size_t want = ss->parser.head_len + (size_t)ss->parser.content_length;
+                if (c->in.len - ss->rstart < want) {
+                    compact(c, ss);
+                    if (ymo_conn_reserve(c, want - c->in.len) < 0) {
+                        ymo_http_respond_error(c, 503, "out of memory");
+                        return;
+                    }
+                }
+            }
+            ss->state = S_BODY;
+            ymo_conn_timer(c, s->cfg.body_timeout);
+            /* fall through */
+        case S_BODY:
+            r = read_body(c, ss);
+            if (r == YMO_AGAIN) {
+                if (c->flags & YMO_CONN_EOF) {
+                    ymo_conn_close(c);
+                    return;
+                }
+                compact(c, ss);
+                ymo_conn_timer(c, s->cfg.body_timeout);
+                ymo_conn_read_start(c);
+                return;
+            }
+            if (r < 0) {
+                parse_failed(c, r);
+                return;
+            }
+            ss->flags |= SF_BODY_DONE;
+            ss->state = S_READY;
+            /* fall through */
+        case S_READY:
+            ymo_conn_read_stop(c);
+            ymo_conn_timer(c, 0);
+            ymo_conn_make_ready(c);
+            return;
+        default:
+            return;
+        }
+    }
+}
+
+/* The handler is done with the exchange: step past the request. */
+static void exchange_done(ymo_conn_t *c, session_t *ss)
+{
+    ymo_http_response_t *resp = &ss->resp;
+    ss->exchange = NULL;
+    if (ss->state != S_RUNNING)
+        return;     /* answered with an error on the way */
+    if (!(resp->flags & YMO_RESP_FINISHED) || (resp->flags & YMO_RESP_CLOSE)
+        || !(ss->flags & SF_BODY_DONE) || !(ss->parser.flags & YMO_HTTP_F_KEEPALIVE)) {
+        /* Without the whole body read, where the next request starts is
+         * unknown: close (RFC 9110 10.1.1 allows it). */
+        ss->state = S_DEAD;
+        ymo_conn_close_after_flush(c);
+        return;
+    }
+    ss->rstart += ss->scan;
+    ss->state = S_IDLE;
+    ymo__server_headers_put(c->server, ss->headers);
+    ss->headers = NULL;
+}
+
+void ymo__http_run(ymo_conn_t *c)
+{
+    session_t *ss = SESSION(c);
+    ymo_server_t *s = c->server;
+    for (int i = 0; i < s->cfg.max_dispatch; i++) {
+        if (ss->state != S_READY || (c->flags & YMO_CONN_CLOSED))
+            return;
+        ss->state = S_RUNNING;
+        s->hooks.on_request(s, c);
+        if (c->flags & YMO_CONN_CLOSED)
+            return;
+        exchange_done(c, ss);
+        if (ss->state == S_IDLE)
+            process(c);
+    }
+    /* Still more pipelined requests: the next loop iteration takes them. */
+    if (ss->state == S_READY)
+        ymo_conn_make_ready(c);
+}
+
+int ymo__http_idle(ymo_conn_t *c)
+{
+    session_t *ss = SESSION(c);
+    return ss->state == S_IDLE && c->in.len == ss->rstart;
+}
+
+/* --- Protocol callbacks -------------------------------------------------- */
+
+static void on_data(ymo_conn_t *c)
+{
+    process(c);
+}
+
+static void on_drained(ymo_conn_t *c)
+{
+    session_t *ss = SESSION(c);
+    if (ss->state == S_IDLE) {
+        if ((c->flags & YMO_CONN_DRAINING) && c->in.len == ss->rstart) {
+            ymo_conn_close(c);
+            return;
+        }
+        process(c);
+    }
+}
+
+static void on_timeout(ymo_conn_t *c)
+{
+    session_t *ss = SESSION(c);
+    switch (ss->state) {
+    case S_HEAD:
+        if (c->in.len > ss->rstart) {
+            ymo_http_respond_error(c, 408, "request head not received in time");
+            return;
+        }
+        break;
+    case S_BODY:
+        ymo_http_respond_error(c, 408, "request body not received in time");
+        return;
+    default:
+        break;
+    }
+    ymo_conn_close(c);
+}
+
+static void on_eof(ymo_conn_t *c, int err)
+{
+    session_t *ss = SESSION(c);
+    ss->flags |= SF_PEER_EOF;
+    switch (ss->state) {
+    case S_IDLE:
+        if (c->in.len == ss->rstart) {
+            ymo_conn_close_after_flush(c);
+            return;
+        }
+        /* A partial request, then EOF: nobody is left to answer. */
+        ymo_conn_close(c);
+        return;
+    case S_HEAD:
+    case S_BODY:
+        /* What arrived was parsed already; the rest never will. */
+        ymo_conn_close(c);
+        return;
+    default:
+        /* The request is complete: answer it, then close. */
+        if (err != 0)
+            ymo_conn_close(c);
+        return;
+    }
+}
+
+static void on_free(ymo_conn_t *c)
+{
+    session_t *ss = SESSION(c);
+    if (ss == NULL)
+        return;
+    ymo__server_headers_put(c->server, ss->headers);
+    free(ss);
+    c->proto_data = NULL;
+}
+
+const ymo_proto_t ymo__http_proto = {
+    .on_data = on_data,
+    .on_drained = on_drained,
+    .on_timeout = on_timeout,
+    .on_eof = on_eof,
+    .on_free = on_free,
+};
+
+int ymo__http_attach(ymo_conn_t *c)
+{
+    session_t *ss = calloc(1, sizeof(*ss));
+    if (ss == NULL)
+        return YMO_E_NOMEM;
+    c->proto = &ymo__http_proto;
+    c->proto_data = ss;
+    ss->state = S_IDLE;
+    ymo_conn_read_start(c);
+    ymo_conn_timer(c, c->server->cfg.header_timeout);
+    return 0;
+}
+
+/* --- The exchange API ---------------------------------------------------- */
+
+const ymo_http_parser_t *ymo_http_request(ymo_conn_t *c, const char **base)
+{
+    session_t *ss = SESSION(c);
+    *base = c->in.data + ss->rstart;
+    return &ss->parser;
+}
+
+int ymo_http_body(ymo_conn_t *c, const char **data, size_t *len)
+{
+    session_t *ss = SESSION(c);
+    if (!(ss->flags & SF_BODY_DONE))
+        return YMO_AGAIN;
+    *data = c->in.data + ss->rstart + ss->parser.head_len;
+    *len = ss->body_end - ss->parser.head_len;
+    return YMO_OK;
+}
+
+int ymo_http_body_wait(ymo_conn_t *c)
+{
+    session_t *ss = SESSION(c);
+    ymo_server_t *s = c->server;
+    int r;
+
+    if (ss->flags & SF_BODY_DONE)
+        return 0;
+    if (ss->state != S_RUNNING || (c->flags & YMO_CONN_CLOSED))
+        return YMO_E_STATE;
+    if (!(ss->flags & SF_CONTINUE_SENT) && !(ss->resp.flags & YMO_RESP_STARTED)) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        ss->flags |= SF_CONTINUE_SENT;
+        r = ymo_outq_copy(&c->out, cont, sizeof(cont) - 1);
+        if (r == 0)
+            r = ymo_conn_flush_sync(c, s->cfg.send_timeout);
+        if (r < 0)
+            goto fail;
+    }
+    for (;;) {
+        r = read_body(c, ss);
+        if (r == YMO_OK) {
+            ss->flags |= SF_BODY_DONE;
+            return 0;
+        }
+        if (r != YMO_AGAIN) {
+            parse_failed(c, r);
+            return r;
+        }
+        r = ymo_conn_read_sync(c, s->cfg.body_timeout);
+        if (r == YMO_E_TIMEOUT) {
+            ymo_http_respond_error(c, 408, "request body not received in time");
+            return r;
+        }
+        if (r < 0)
+            goto fail;
+    }
+fail:
+    ymo_conn_close(c);
+    return r;
+}
+
+void ymo_http_set_exchange(ymo_conn_t *c, void *exchange)
+{
+    SESSION(c)->exchange = exchange;
+}
+
+ymo_http_response_t *ymo_http_response(ymo_conn_t *c)
+{
+    return &SESSION(c)->resp;
+}
+
+/* --- Responses ----------------------------------------------------------- */
+
+static const unsigned char token_char[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1,
+    ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
+
+static int name_is(const char *name, size_t nlen, const char *lower)
+{
+    size_t n = strlen(lower);
+    if (n != nlen)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = name[i];
+        if (ch >= 'A' && ch <= 'Z')
+            ch = (char)(ch + 32);
+        if (ch != lower[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* True when list (a comma-separated header value) holds token. */
+static int has_token(const char *v, size_t len, const char *token)
+{
+    size_t tl = strlen(token);
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < len && v[i] != ',')
+            i++;
+        size_t end = i;
+        while (end > start && (v[end - 1] == ' ' || v[end - 1] == '\t'))
+            end--;
+        if (end - start == tl && name_is(v + start, tl, token))
+            return 1;
+    }
+    return 0;
+}
+
+int ymo_http_response_begin(ymo_conn_t *c, int status)
+{
+    session_t *ss = SESSION(c);
+    ymo_http_response_t *r = &ss->resp;
+    if (r->flags & YMO_RESP_STARTED)
+        return YMO_E_STATE;
+    char line[64];
+    int n = snprintf(line, sizeof(line), "HTTP/1.%d %d %s\r\n",
+                     ss->parser.version_minor >= 1 ? 1 : 0, status, ymo_http_reason(status));
+    r->status = status;
+    r->flags = YMO_RESP_STARTED;
+    if ((ss->parser.flags & YMO_HTTP_F_HEAD) || status < 200 || status == 204 || status == 304)
+        r->flags |= YMO_RESP_NO_BODY;
+    return ymo_outq_copy(&c->out, line, (size_t)n);
+}
+
+int ymo_http_response_header(ymo_conn_t *c, const char *name, size_t nlen,
+                             const char *value, size_t vlen)
+{
+    ymo_http_response_t *r = &SESSION(c)->resp;
+    if (!(r->flags & YMO_RESP_STARTED) || (r->flags & YMO_RESP_HEAD_DONE))
+        return YMO_E_STATE;
+    if (nlen == 0)
+        return YMO_E_BAD_HEADER_NAME;
+    for (size_t i = 0; i < nlen; i++)
+        if (!token_char[(unsigned char)name[i]])
+            return YMO_E_BAD_HEADER_NAME;
+    /* RFC 9110 5.5: CR, LF and NUL never appear in a field value; letting
+     * them through would let the application split the response. */
+    for (size_t i = 0; i < vlen; i++) {
+        unsigned char ch = (unsigned char)value[i];
+        if (ch == '\r' || ch == '\n' || ch == '\0')
+            return YMO_E_BAD_HEADER_VALUE;
+    }
+    if (name_is(name, nlen, "connection")) {
+        if (has_token(value, vlen, "close"))
+            r->flags |= YMO_RESP_CLOSE;
+        return 0;
+    }
+    if (name_is(name, nlen, "transfer-encoding"))
+        return YMO_E_BAD_TRANSFER_ENCODING;
+    if (name_is(name, nlen, "content-length")) {
+        uint64_t v = 0;
+        if (vlen == 0 || vlen > 19 || (r->flags & YMO_RESP_APP_LENGTH))
+            return YMO_E_BAD_CONTENT_LENGTH;
+        for (size_t i = 0; i < vlen; i++) {
+            if (value[i] < '0' || value[i] > '9')
+                return YMO_E_BAD_CONTENT_LENGTH;
+            v = v * 10 + (uint64_t)(value[i] - '0');
+        }
+        r->flags |= YMO_RESP_APP_LENGTH | YMO_RESP_HAS_LENGTH;
+        r->content_length = v;
+    }
+    char *p = ymo_outq_reserve(&c->out, nlen + vlen + 4);
+    if (p == NULL)
+        return YMO_E_NOMEM;
+    memcpy(p, name, nlen);
+    p += nlen;
+    *p++ = ':';
+    *p++ = ' ';
+    memcpy(p, value, vlen);
+    p += vlen;
+    *p++ = '\r';
+    *p = '\n';
+    return 0;
+}
+
+int ymo_http_response_end_head(ymo_conn_t *c, int64_t known_len)
+{
+    session_t *ss = SESSION(c);
+    ymo_http_response_t *r = &ss->resp;
+    ymo_server_t *s = c->server;
+    if (!(r->flags & YMO_RESP_STARTED) || (r->flags & YMO_RESP_HEAD_DONE))
+        return YMO_E_STATE;
+
+    int minor = ss->parser.version_minor;
+    int keepalive = (ss->parser.flags & YMO_HTTP_F_KEEPALIVE) && !(r->flags & YMO_RESP_CLOSE)
+                    && !(c->flags & YMO_CONN_DRAINING);
+    /* A request whose body was never read leaves the connection unusable. */
+    if (!(ss->flags & SF_BODY_DONE))
+        keepalive = 0;
+    char buf[128];
+    size_t n = 0;
+
+    if (r->status >= 200 && r->status != 204 && r->status != 304
+        && !(r->flags & YMO_RESP_HAS_LENGTH)) {
+        if (known_len >= 0) {
+            r->flags |= YMO_RESP_HAS_LENGTH;
+            r->content_length = (uint64_t)known_len;
+            n += (size_t)snprintf(buf + n, sizeof(buf) - n, "Content-Length: %lld\r\n",
+                                  (long long)known_len);
+        } else if (r->flags & YMO_RESP_NO_BODY) {
+            /* HEAD of a streamed body: nothing to frame. */
+        } else if (minor >= 1) {
+            r->flags |= YMO_RESP_CHUNKED;
+            n += (size_t)snprintf(buf + n, sizeof(buf) - n, "Transfer-Encoding: chunked\r\n");
+        } else {
+            /* HTTP/1.0 without a length: the end of the connection ends the
+             * body (RFC 9112 6.3). */
+            keepalive = 0;
+        }
+    }
+    if (!keepalive) {
+        r->flags |= YMO_RESP_CLOSE;
+        if (minor >= 1)
+            n += (size_t)snprintf(buf + n, sizeof(buf) - n, "Connection: close\r\n");
+    } else if (minor == 0) {
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "Connection: keep-alive\r\n");
+    }
+    size_t dlen;
+    const char *date = ymo_server_date(s, &dlen);
+    static const char server_line[] = "Server: yimmo\r\n";
+    char *p = ymo_outq_reserve(&c->out, n + dlen + sizeof(server_line) - 1 + 2);
+    if (p == NULL)
+        return YMO_E_NOMEM;
+    memcpy(p, server_line, sizeof(server_line) - 1);
+    p += sizeof(server_line) - 1;
+    memcpy(p, date, dlen);
+    p += dlen;
+    memcpy(p, buf, n);
+    p += n;
+    p[0] = '\r';
+    p[1] = '\n';
+    r->flags |= YMO_RESP_HEAD_DONE;
+    return 0;
+}
+
+/* Bodies up to this size are copied next to the head: one iovec. */
+#define COPY_MAX 8192
+
+static int queue_bytes(ymo_conn_t *c, const char *data, size_t len, void *ref)
+{
+    if (ref == NULL)
+        return ymo_outq_copy(&c->out, data, len);
+    if (len <= COPY_MAX) {
+        int rc = ymo_outq_copy(&c->out, data, len);
+        c->server->hooks.release(c->server, ref);
+        return rc;
+    }
+    return ymo_outq_ref(&c->out, data, len, ref);
+}
+
+int ymo_http_response_body(ymo_conn_t *c, const char *data, size_t len, void *ref)
+{
+    ymo_http_response_t *r = &SESSION(c)->resp;
+    int rc = 0;
+    if (!(r->flags & YMO_RESP_HEAD_DONE) || (r->flags & YMO_RESP_FINISHED)) {
+        rc = YMO_E_STATE;
+        goto drop;
+    }
+    if (len == 0)
+        goto drop;
+    if (r->flags & YMO_RESP_NO_BODY) {
+        r->sent += len;
+        goto drop;
+    }
+    if ((r->flags & YMO_RESP_HAS_LENGTH) && r->sent + len > r->content_length) {
+        /* More than declared: send what fits and close after it. */
+        size_t fit = (size_t)(r->content_length - r->sent);
+        r->flags |= YMO_RESP_CLOSE;
+        rc = YMO_E_BAD_CONTENT_LENGTH;
+        if (fit == 0)
+            goto drop;
+        r->sent += fit;
+        int q = ymo_outq_copy(&c->out, data, fit);
+        if (ref != NULL)
+            c->server->hooks.release(c->server, ref);
+        return q < 0 ? q : rc;
+    }
+    r->sent += len;
+    if (r->flags & YMO_RESP_CHUNKED) {
+        char size[24];
+        int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+        if ((rc = ymo_outq_copy(&c->out, size, (size_t)n)) < 0)
+            goto drop;
+        if ((rc = queue_bytes(c, data, len, ref)) < 0)
+            return rc;
+        return ymo_outq_copy(&c->out, "\r\n", 2);
+    }
+    return queue_bytes(c, data, len, ref);
+drop:
+    if (ref != NULL)
+        c->server->hooks.release(c->server, ref);
+    return rc;
+}
+
+int ymo_http_response_finish(ymo_conn_t *c)
+{
+    ymo_http_response_t *r = &SESSION(c)->resp;
+    if (!(r->flags & YMO_RESP_HEAD_DONE) || (r->flags & YMO_RESP_FINISHED))
+        return YMO_E_STATE;
+    r->flags |= YMO_RESP_FINISHED;
+    if ((r->flags & YMO_RESP_CHUNKED) && !(r->flags & YMO_RESP_NO_BODY))
+        return ymo_outq_copy(&c->out, "0\r\n\r\n", 5);
+    if ((r->flags & YMO_RESP_HAS_LENGTH) && !(r->flags & YMO_RESP_NO_BODY)
+        && r->sent != r->content_length) {
+        /* Shorter than declared: the peer can only tell by the close. */
+        r->flags |= YMO_RESP_CLOSE;
+        return YMO_E_BAD_CONTENT_LENGTH;
+    }
+    return 0;
+}

@@ -1,0 +1,106 @@
+/*
+ * HTTP status codes for parse errors, and reason phrases (RFC 9110 15).
+ */
+#include "yimmo/http.h"
+
+#define ERR_BASE YMO_E_BAD_METHOD
+#define ERR_COUNT (YMO_E__LAST - YMO_E_BAD_METHOD)
+
+/*
+ * The one table from error to status. Entries left at 0 mean 400: a request
+ * the parser refused is a client error unless it says otherwise.
+ */
+static const uint16_t error_status[ERR_COUNT] = {
+    [YMO_E_VERSION_UNSUPPORTED - ERR_BASE] = 505,    /* RFC 9110 15.6.6 */
+    [YMO_E_REQUEST_LINE_TOO_LONG - ERR_BASE] = 414,  /* RFC 9110 15.5.15 */
+    [YMO_E_HEADER_FIELD_TOO_LARGE - ERR_BASE] = 431, /* RFC 6585 5 */
+    [YMO_E_HEADERS_TOO_LARGE - ERR_BASE] = 431,
+    [YMO_E_TOO_MANY_HEADERS - ERR_BASE] = 431,
+    [YMO_E_UNKNOWN_TRANSFER_CODING - ERR_BASE] = 501, /* RFC 9112 6.1 */
+    [YMO_E_BODY_TOO_LARGE - ERR_BASE] = 413,          /* RFC 9110 15.5.14 */
+    [YMO_E_NOMEM - ERR_BASE] = 503,
+    [YMO_E_CLOSED - ERR_BASE] = 500,
+    [YMO_E_TIMEOUT - ERR_BASE] = 408, /* RFC 9110 15.5.9 */
+    [YMO_E_STATE - ERR_BASE] = 500,
+};
+
+int ymo_http_error_status(int err)
+{
+    if (err >= ERR_BASE && err < YMO_E__LAST) {
+        int s = error_status[err - ERR_BASE];
+        return s != 0 ? s : 400;
+    }
+    /* A failed system call is our fault, not the client's. */
+    if (err < 0 && err > YMO__ERRNO_MAX)
+        return 500;
+    return 400;
+}
+
+const char *ymo_http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 102: return "Processing";
+    case 103: return "Early Hints";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
+    case 204: return "No Content";
+    case 205: return "Reset Content";
+    case 206: return "Partial Content";
+    case 207: return "Multi-Status";
+    case 208: return "Already Reported";
+    case 226: return "IM Used";
+    case 300: return "Multiple Choices";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 305: return "Use Proxy";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 402: return "Payment Required";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 407: return "Proxy Authentication Required";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
+    case 417: return "Expectation Failed";
+    case 418: return "I'm a teapot";
+    case 421: return "Misdirected Request";
+    case 422: return "Unprocessable Content";
+    case 423: return "Locked";
+    case 424: return "Failed Dependency";
+    case 425: return "Too Early";
+    case 426: return "Upgrade Required";
+    case 428: return "Precondition Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 451: return "Unavailable For Legal Reasons";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    case 506: return "Variant Also Negotiates";
+    case 507: return "Insufficient Storage";
+    case 508: return "Loop Detected";
+    case 510: return "Not Extended";
+    case 511: return "Network Authentication Required";
+    default: return "Unknown";
+    }
+}

@@ -1,0 +1,532 @@
+/*
+ * yimmo.Server: the engine behind a Python handler. The loop runs with the
+ * GIL released; the dispatch hook takes it once per loop iteration for all
+ * the requests that became ready.
+ */
+#include "py/py_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+/* --- Hooks the engine calls ----------------------------------------------- */
+
+void ymo__py_server_drain(YmoServerObject *self)
+{
+    /* Decref'ing may run arbitrary code that parks more: loop. */
+    while (self->ngarbage > 0) {
+        PyObject *o = self->garbage[--self->ngarbage];
+        Py_DECREF(o);
+    }
+}
+
+static void hook_release(ymo_server_t *s, void *ref)
+{
+    YmoServerObject *self = (YmoServerObject *)s->data;
+    if (self->gil_held) {
+        Py_DECREF((PyObject *)ref);
+        return;
+    }
+    if (self->ngarbage == self->capgarbage) {
+        size_t ncap = self->capgarbage ? self->capgarbage * 2 : 64;
+        PyObject **ng = realloc(self->garbage, ncap * sizeof(*ng));
+        if (ng == NULL) {
+            /* Leaking one reference beats crashing without the GIL. */
+            return;
+        }
+        self->garbage = ng;
+        self->capgarbage = ncap;
+    }
+    self->garbage[self->ngarbage++] = (PyObject *)ref;
+    s->dispatch_wanted = 1;
+}
+
+static void hook_log(ymo_server_t *s, int level, const char *msg)
+{
+    YmoServerObject *self = (YmoServerObject *)s->data;
+    PyGILState_STATE g = PyGILState_Ensure();
+    ymo__py_log(self->st, level, "%s", msg);
+    PyGILState_Release(g);
+}
+
+static void take_gil(YmoServerObject *self)
+{
+    PyEval_RestoreThread(self->tstate);
+    self->gil_held = 1;
+}
+
+static void drop_gil(YmoServerObject *self)
+{
+    self->gil_held = 0;
+    self->tstate = PyEval_SaveThread();
+}
+
+static void hook_dispatch(ymo_server_t *s)
+{
+    YmoServerObject *self = (YmoServerObject *)s->data;
+    take_gil(self);
+    s->dispatch_wanted = 0;
+    ymo__py_server_drain(self);
+    ymo_server_run_ready(s);
+    drop_gil(self);
+}
+
+static void hook_request(ymo_server_t *s, ymo_conn_t *c)
+{
+    ymo__py_exchange_run((YmoServerObject *)s->data, c);
+}
+
+/* Python's own signal handler writes to the wakeup fd; its Python-level
+ * handlers (KeyboardInterrupt for Ctrl-C) run here, on the loop thread. */
+static void on_signal(struct ev_loop *loop, ev_io *w, int revents)
+{
+    YmoServerObject *self = (YmoServerObject *)((char *)w - offsetof(YmoServerObject, sigio));
+    char buf[64];
+    while (read(self->sigfd[0], buf, sizeof(buf)) > 0)
+        ;
+    take_gil(self);
+    if (PyErr_CheckSignals() < 0) {
+        if (self->parked == NULL) {
+            self->parked = PyErr_GetRaisedException();
+            /* Finish what is in flight, briefly. */
+            ymo_server_stop(&self->srv, 2.0);
+        } else {
+            /* A second interrupt: stop now. */
+            PyErr_Clear();
+            ymo_server_stop(&self->srv, 0.0);
+        }
+    }
+    drop_gil(self);
+}
+
+/* --- Construction ---------------------------------------------------------- */
+
+static int set_double(PyObject *o, const char *name, double *out)
+{
+    if (o == NULL || o == Py_None)
+        return 0;
+    double v = PyFloat_AsDouble(o);
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "%s must be a number", name);
+        return -1;
+    }
+    if (!(v > 0)) {
+        PyErr_Format(PyExc_ValueError, "%s must be > 0, not %R", name, o);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int set_uint(PyObject *o, const char *name, unsigned long long max, unsigned long long *out)
+{
+    if (o == NULL || o == Py_None)
+        return 0;
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", name, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow || v < 1 || (unsigned long long)v > max) {
+        PyErr_Format(PyExc_ValueError, "%s must be in 1..%llu, not %R", name, max, o);
+        return -1;
+    }
+    *out = (unsigned long long)v;
+    return 0;
+}
+
+static PyObject *listen_error(int err, PyObject *where)
+{
+    PyObject *e = PyObject_CallFunction(PyExc_OSError, "isO", -err, strerror(-err), where);
+    if (e != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+        Py_DECREF(e);
+    }
+    return NULL;
+}
+
+static int take_socket(YmoServerObject *self, PyObject *sock)
+{
+    int fd;
+    if (PyLong_Check(sock)) {
+        { long lfd = PyLong_AsLong(sock); fd = (lfd < -1 || lfd > 0x7fffffff) ? -1 : (int)lfd; }
+        if (fd == -1 && PyErr_Occurred())
+            return -1;
+    } else {
+        PyObject *r = PyObject_CallMethod(sock, "fileno", NULL);
+        if (r == NULL) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "sock must be a socket object or a file descriptor, not %.100s",
+                         Py_TYPE(sock)->tp_name);
+            return -1;
+        }
+        { long lfd = PyLong_AsLong(r); fd = (lfd < -1 || lfd > 0x7fffffff) ? -1 : (int)lfd; }
+        Py_DECREF(r);
+        if (fd == -1 && PyErr_Occurred())
+            return -1;
+    }
+    if (fd < 0) {
+        PyErr_Format(PyExc_ValueError, "sock must be an open socket (fd %d)", fd);
+        return -1;
+    }
+    /* A duplicate: the caller's object keeps (and closes) its own. */
+    int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dfd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    int r = ymo_server_listen_fd(&self->srv, dfd);
+    if (r < 0) {
+        close(dfd);
+        if (r == -ENOTSOCK) {
+            PyErr_SetString(PyExc_ValueError, "sock must be a stream socket");
+            return -1;
+        }
+        PyObject *w = PyUnicode_FromFormat("fd %d", fd);
+        listen_error(r, w);
+        Py_XDECREF(w);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {
+        "handler", "host", "port", "sock", "backlog", "reuse_port",
+        "keepalive_timeout", "header_timeout", "body_timeout", "send_timeout",
+        "max_body_size", "max_request_line", "max_header_size", "max_header_bytes",
+        "max_headers", NULL,
+    };
+    PyObject *handler, *host_o = NULL, *port_o = NULL, *sock = Py_None, *backlog_o = NULL;
+    int reuse_port = 0;
+    PyObject *ka = NULL, *ht = NULL, *bt = NULL, *st_o = NULL;
+    PyObject *mb = NULL, *mrl = NULL, *mhs = NULL, *mhb = NULL, *mh = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOO:Server", kwlist, &handler,
+                                     &host_o, &port_o, &sock, &backlog_o, &reuse_port, &ka, &ht,
+                                     &bt, &st_o, &mb, &mrl, &mhs, &mhb, &mh))
+        return NULL;
+    if (!PyCallable_Check(handler)) {
+        PyErr_Format(PyExc_TypeError, "handler must be callable, not %.100s",
+                     Py_TYPE(handler)->tp_name);
+        return NULL;
+    }
+    const char *host = "127.0.0.1";
+    if (host_o != NULL && host_o != Py_None) {
+        if (!PyUnicode_Check(host_o)) {
+            PyErr_Format(PyExc_TypeError, "host must be a str, not %.100s", Py_TYPE(host_o)->tp_name);
+            return NULL;
+        }
+        host = PyUnicode_AsUTF8(host_o);
+        if (host == NULL)
+            return NULL;
+    }
+    long port = 8000;
+    if (port_o != NULL && port_o != Py_None) {
+        if (!PyLong_Check(port_o)) {
+            PyErr_Format(PyExc_TypeError, "port must be an int, not %.100s", Py_TYPE(port_o)->tp_name);
+            return NULL;
+        }
+        port = PyLong_AsLong(port_o);
+        if (port == -1 && PyErr_Occurred())
+            return NULL;
+        if (port < 0 || port > 65535) {
+            PyErr_Format(PyExc_ValueError, "port must be in 0..65535, not %ld", port);
+            return NULL;
+        }
+    }
+
+    ymo_server_config_t cfg;
+    ymo_server_config_default(&cfg);
+    unsigned long long v;
+    if (set_double(ka, "keepalive_timeout", &cfg.keepalive_timeout) < 0
+        || set_double(ht, "header_timeout", &cfg.header_timeout) < 0
+        || set_double(bt, "body_timeout", &cfg.body_timeout) < 0
+        || set_double(st_o, "send_timeout", &cfg.send_timeout) < 0)
+        return NULL;
+    v = (unsigned long long)cfg.backlog;
+    if (set_uint(backlog_o, "backlog", 65535, &v) < 0)
+        return NULL;
+    cfg.backlog = (int)v;
+    v = cfg.http.max_body;
+    if (set_uint(mb, "max_body_size", 1ull << 62, &v) < 0)
+        return NULL;
+    cfg.http.max_body = v;
+    v = cfg.http.max_request_line;
+    if (set_uint(mrl, "max_request_line", 1u << 20, &v) < 0)
+        return NULL;
+    cfg.http.max_request_line = (uint32_t)v;
+    v = cfg.http.max_field_size;
+    if (set_uint(mhs, "max_header_size", 1u << 20, &v) < 0)
+        return NULL;
+    cfg.http.max_field_size = (uint32_t)v;
+    v = cfg.http.max_header_bytes;
+    if (set_uint(mhb, "max_header_bytes", 1u << 24, &v) < 0)
+        return NULL;
+    cfg.http.max_header_bytes = (uint32_t)v;
+    v = cfg.http.max_headers;
+    if (set_uint(mh, "max_headers", 10000, &v) < 0)
+        return NULL;
+    cfg.http.max_headers = (uint32_t)v;
+
+    YmoServerObject *self = (YmoServerObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->st = ymo__py_state_from_type(type);
+    self->handler = Py_NewRef(handler);
+    self->gil_held = 1;
+    self->sigfd[0] = self->sigfd[1] = -1;
+    ymo_server_hooks_t hooks = {
+        .dispatch = hook_dispatch,
+        .on_request = hook_request,
+        .release = hook_release,
+        .log = hook_log,
+    };
+    int r = ymo_server_init(&self->srv, &cfg, &hooks, self);
+    if (r < 0) {
+        PyErr_SetString(PyExc_OSError, "could not create the event loop");
+        goto error;
+    }
+    if (sock != Py_None) {
+        if (take_socket(self, sock) < 0)
+            goto error;
+    } else {
+        r = ymo_server_listen(&self->srv, host, (int)port, reuse_port);
+        if (r < 0) {
+            PyObject *w = strchr(host, ':') ? PyUnicode_FromFormat("[%s]:%ld", host, port)
+                                            : PyUnicode_FromFormat("%s:%ld", host, port);
+            listen_error(r, w);
+            Py_XDECREF(w);
+            goto error;
+        }
+    }
+    return (PyObject *)self;
+error:
+    Py_DECREF(self);
+    return NULL;
+}
+
+/* --- Methods --------------------------------------------------------------- */
+
+static int wakeup_fd_install(YmoServerObject *self, PyObject **old)
+{
+    *old = NULL;
+    PyObject *threading = PyImport_ImportModule("threading");
+    if (threading == NULL)
+        return -1;
+    PyObject *cur = PyObject_CallMethod(threading, "current_thread", NULL);
+    PyObject *main = PyObject_CallMethod(threading, "main_thread", NULL);
+    Py_DECREF(threading);
+    int is_main = cur != NULL && cur == main;
+    Py_XDECREF(cur);
+    Py_XDECREF(main);
+    if (PyErr_Occurred())
+        return -1;
+    if (!is_main)
+        return 0;
+    if (pipe2(self->sigfd, O_NONBLOCK | O_CLOEXEC) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    PyObject *signal = PyImport_ImportModule("signal");
+    if (signal == NULL)
+        return -1;
+    PyObject *setfd = PyObject_GetAttrString(signal, "set_wakeup_fd");
+    Py_DECREF(signal);
+    if (setfd == NULL)
+        return -1;
+    PyObject *a = Py_BuildValue("(i)", self->sigfd[1]);
+    PyObject *k = Py_BuildValue("{sO}", "warn_on_full_buffer", Py_False);
+    *old = (a && k) ? PyObject_Call(setfd, a, k) : NULL;
+    Py_XDECREF(a);
+    Py_XDECREF(k);
+    Py_DECREF(setfd);
+    if (*old == NULL)
+        return -1;
+    ev_io_init(&self->sigio, on_signal, self->sigfd[0], EV_READ);
+    ev_io_start(self->srv.loop, &self->sigio);
+    ev_unref(self->srv.loop);
+    return 0;
+}
+
+static void wakeup_fd_restore(YmoServerObject *self, PyObject *old)
+{
+    if (self->sigfd[0] < 0)
+        return;
+    ev_ref(self->srv.loop);
+    ev_io_stop(self->srv.loop, &self->sigio);
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *signal = PyImport_ImportModule("signal");
+    if (signal != NULL) {
+        PyObject *r = PyObject_CallMethod(signal, "set_wakeup_fd", "O", old);
+        Py_XDECREF(r);
+        Py_DECREF(signal);
+    }
+    PyErr_Clear();
+    PyErr_SetRaisedException(exc);
+    close(self->sigfd[0]);
+    close(self->sigfd[1]);
+    self->sigfd[0] = self->sigfd[1] = -1;
+}
+
+static PyObject *server_run(YmoServerObject *self, PyObject *unused)
+{
+    if (self->phase != 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        self->phase == 1 ? "the server is already running"
+                                         : "the server has already run; make a new one");
+        return NULL;
+    }
+    PyObject *old = NULL;
+    if (wakeup_fd_install(self, &old) < 0) {
+        wakeup_fd_restore(self, old ? old : Py_None);
+        Py_XDECREF(old);
+        return NULL;
+    }
+    self->phase = 1;
+    Py_INCREF(self);
+    drop_gil(self);
+    ymo_server_run(&self->srv);
+    take_gil(self);
+    ymo__py_server_drain(self);
+    wakeup_fd_restore(self, old ? old : Py_None);
+    Py_XDECREF(old);
+    self->phase = 2;
+    PyObject *parked = self->parked;
+    self->parked = NULL;
+    Py_DECREF(self);
+    if (parked != NULL) {
+        PyErr_SetRaisedException(parked);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *server_stop(YmoServerObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"timeout", NULL};
+    PyObject *timeout = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:stop", kwlist, &timeout))
+        return NULL;
+    double t = -1.0;
+    if (timeout != Py_None) {
+        t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred())
+            return NULL;
+        if (t < 0) {
+            PyErr_Format(PyExc_ValueError, "timeout must be >= 0 or None, not %R", timeout);
+            return NULL;
+        }
+    }
+    ymo_server_stop(&self->srv, t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *server_address(YmoServerObject *self, void *closure)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (ymo_server_address(&self->srv, &ss, &len) < 0) {
+        PyErr_SetString(PyExc_OSError, "the server has no listening socket");
+        return NULL;
+    }
+    char host[INET6_ADDRSTRLEN] = "";
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        return Py_BuildValue("(si)", host, ntohs(a->sin_port));
+    }
+    if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        return Py_BuildValue("(si)", host, ntohs(a->sin6_port));
+    }
+    return Py_BuildValue("(si)", "", 0);
+}
+
+static PyObject *server_connections(YmoServerObject *self, void *closure)
+{
+    return PyLong_FromUnsignedLong(self->srv.nconns);
+}
+
+/* --- Type -------------------------------------------------------------------- */
+
+static int server_traverse(YmoServerObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->handler);
+    Py_VISIT(self->parked);
+    return 0;
+}
+
+static int server_clear(YmoServerObject *self)
+{
+    Py_CLEAR(self->handler);
+    Py_CLEAR(self->parked);
+    return 0;
+}
+
+static void server_dealloc(YmoServerObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    self->gil_held = 1;
+    ymo_server_free(&self->srv);
+    ymo__py_server_drain(self);
+    free(self->garbage);
+    server_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef server_methods[] = {
+    {"run", (PyCFunction)server_run, METH_NOARGS,
+     "run(): serve until stop() (or Ctrl-C); the GIL is released while waiting."},
+    {"stop", (PyCFunction)(void (*)(void))server_stop, METH_VARARGS | METH_KEYWORDS,
+     "stop(timeout=None): stop accepting, let in-flight exchanges finish (at most timeout\n"
+     "seconds), then run() returns. Safe from any thread and from signal handlers."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef server_getset[] = {
+    {"address", (getter)server_address, NULL, "The bound (host, port).", NULL},
+    {"connections", (getter)server_connections, NULL, "Open client connections.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot server_slots[] = {
+    {Py_tp_doc,
+     "Server(handler, *, host='127.0.0.1', port=8000, sock=None, backlog=1024,\n"
+     "       reuse_port=False, keepalive_timeout=5.0, header_timeout=10.0,\n"
+     "       body_timeout=30.0, send_timeout=30.0, max_body_size=100 MiB,\n"
+     "       max_request_line=8192, max_header_size=8192, max_header_bytes=65536,\n"
+     "       max_headers=100)\n\n"
+     "An HTTP/1.1 server calling handler(exchange) for every request."},
+    {Py_tp_new, server_new},
+    {Py_tp_dealloc, server_dealloc},
+    {Py_tp_traverse, server_traverse},
+    {Py_tp_clear, server_clear},
+    {Py_tp_methods, server_methods},
+    {Py_tp_getset, server_getset},
+    {0, NULL},
+};
+
+static PyType_Spec server_spec = {
+    .name = "yimmo.Server",
+    .basicsize = sizeof(YmoServerObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = server_slots,
+};
+
+int ymo__py_server_init(PyObject *module, ymo_py_state *st)
+{
+    st->server_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &server_spec, NULL);
+    if (st->server_type == NULL)
+        return -1;
+    return PyModule_AddType(module, st->server_type);
+}

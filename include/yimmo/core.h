@@ -1,0 +1,249 @@
+/*
+ * yimmo/core.h: the engine. One libev loop per server, listeners,
+ * connections with an input buffer and an output queue of buckets, and the
+ * two vtables every connection carries: a transport (plain socket now, TLS
+ * later) and a protocol (HTTP now; WebSocket and MQTT swap in on upgrade).
+ */
+#ifndef YIMMO_CORE_H
+#define YIMMO_CORE_H
+
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <ev.h>
+
+#include "yimmo/http.h"
+
+typedef struct ymo_server_s ymo_server_t;
+typedef struct ymo_conn_s ymo_conn_t;
+
+/* --- Output queue ------------------------------------------------------ */
+
+/* A run of bytes waiting to be written: either inside the queue's own
+ * storage (ref == NULL, base is an offset) or owned elsewhere and held
+ * through ref until written. */
+typedef struct {
+    uintptr_t base;
+    size_t len;
+    void *ref;
+} ymo_bucket_t;
+
+typedef struct {
+    char *data;             /* storage for copied bytes */
+    size_t len, cap;
+    ymo_bucket_t *b;        /* buckets [head, count) are pending */
+    uint32_t head, count, cap_b;
+    size_t bytes;           /* bytes pending in all buckets */
+} ymo_outq_t;
+
+/* Append a copy of data. */
+int ymo_outq_copy(ymo_outq_t *q, const void *data, size_t len);
+/* Append data owned by ref; the server's release hook gets ref once sent. */
+int ymo_outq_ref(ymo_outq_t *q, const void *data, size_t len, void *ref);
+/* Reserve len bytes of copied storage at the end; returns NULL on ENOMEM. */
+char *ymo_outq_reserve(ymo_outq_t *q, size_t len);
+
+/* A point in the queue to roll back to (a response head that failed
+ * validation half way). */
+typedef struct {
+    uint32_t count;
+    size_t len, bytes, last_len;
+} ymo_outq_mark_t;
+
+void ymo_outq_mark(const ymo_outq_t *q, ymo_outq_mark_t *m);
+/* Drop everything queued since m; no referenced bucket may have been added. */
+void ymo_outq_rollback(ymo_outq_t *q, const ymo_outq_mark_t *m);
+
+/* --- Vtables ------------------------------------------------------------ */
+
+typedef struct {
+    /* > 0 bytes read, 0 at EOF, -errno (-EAGAIN when nothing to read). */
+    ssize_t (*read)(ymo_conn_t *c, char *buf, size_t len);
+    /* Bytes written or -errno. */
+    ssize_t (*writev)(ymo_conn_t *c, const struct iovec *iov, int iovcnt);
+    /* Stop sending (half close). */
+    void (*shutdown)(ymo_conn_t *c);
+} ymo_transport_t;
+
+typedef struct {
+    /* New bytes arrived in c->in; consume what can be consumed. */
+    void (*on_data)(ymo_conn_t *c);
+    /* The output queue drained. */
+    void (*on_drained)(ymo_conn_t *c);
+    /* The connection's timer fired. */
+    void (*on_timeout)(ymo_conn_t *c);
+    /* The peer closed its side (EOF) or the connection failed. */
+    void (*on_eof)(ymo_conn_t *c, int err);
+    /* The connection is about to be freed: release protocol state. */
+    void (*on_free)(ymo_conn_t *c);
+} ymo_proto_t;
+
+/* --- Connection ---------------------------------------------------------- */
+
+enum ymo_conn_flags {
+    YMO_CONN_CLOSED = 1u << 0,          /* closed, waiting to be freed */
+    YMO_CONN_READING = 1u << 1,         /* read watcher started */
+    YMO_CONN_WRITING = 1u << 2,         /* write watcher started */
+    YMO_CONN_CLOSE_AFTER_FLUSH = 1u << 3,
+    YMO_CONN_LINGERING = 1u << 4,       /* half closed, discarding input */
+    YMO_CONN_READY = 1u << 5,           /* on the server's ready list */
+    YMO_CONN_EOF = 1u << 6,             /* the peer sent FIN */
+    YMO_CONN_DRAINING = 1u << 7         /* the server stops: close when idle */
+};
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} ymo_buf_t;
+
+struct ymo_conn_s {
+    ymo_server_t *server;
+    int fd;
+    uint32_t flags;
+    ev_io rio, wio;
+    ev_timer timer;
+    const ymo_transport_t *transport;
+    const ymo_proto_t *proto;
+    void *proto_data;
+    ymo_buf_t in;
+    ymo_outq_t out;
+    ymo_conn_t *next, *prev;        /* the server's list of live connections */
+    ymo_conn_t *next_ready;         /* the server's ready list */
+    ymo_conn_t *next_closing;       /* the server's list of closed connections */
+    struct sockaddr_storage peer;
+    socklen_t peer_len;
+    uint64_t id;
+};
+
+/* Start or stop watching for input. */
+void ymo_conn_read_start(ymo_conn_t *c);
+void ymo_conn_read_stop(ymo_conn_t *c);
+/* (Re)arm the connection's one timer; seconds <= 0 stops it. */
+void ymo_conn_timer(ymo_conn_t *c, double seconds);
+/* Write what is queued now; the rest goes when the socket is writable.
+ * Returns 0 or -errno (the connection is then closed). */
+int ymo_conn_flush(ymo_conn_t *c);
+/* Close once the output queue is flushed, lingering to drain input so the
+ * peer reads the last response rather than a reset. */
+void ymo_conn_close_after_flush(ymo_conn_t *c);
+/* Close now; the memory is freed later, outside the connection's callbacks. */
+void ymo_conn_close(ymo_conn_t *c);
+/* Put the connection on the server's ready list (dispatched once per loop
+ * iteration). */
+void ymo_conn_make_ready(ymo_conn_t *c);
+/* Make room for at least n more bytes in c->in; 0 or YMO_E_NOMEM. */
+int ymo_conn_reserve(ymo_conn_t *c, size_t n);
+/* Release c->in's storage if it is empty. */
+void ymo_conn_release_input(ymo_conn_t *c);
+
+/* Blocking helpers for code that must wait on one connection (the
+ * application asked for a body that is still arriving). They poll the
+ * socket with a deadline; the caller releases its locks around them.
+ * Return 0, YMO_E_TIMEOUT, YMO_E_CLOSED or -errno. */
+int ymo_conn_flush_sync(ymo_conn_t *c, double timeout);
+/* Reads more bytes into c->in (at least one) without running on_data. */
+int ymo_conn_read_sync(ymo_conn_t *c, double timeout);
+
+/* --- Server ------------------------------------------------------------ */
+
+typedef struct {
+    /* Called once per loop iteration while connections are ready: take the
+     * embedder's lock and call ymo_server_run_ready(). */
+    void (*dispatch)(ymo_server_t *s);
+    /* A request on c is ready (head, and body unless it waits for
+     * 100-continue). The embedder answers through ymo_http_* before it
+     * returns. */
+    void (*on_request)(ymo_server_t *s, ymo_conn_t *c);
+    /* An output bucket's owner, once its bytes are written. No lock held. */
+    void (*release)(ymo_server_t *s, void *ref);
+    /* A log line (level as in Python logging). No lock held. */
+    void (*log)(ymo_server_t *s, int level, const char *msg);
+} ymo_server_hooks_t;
+
+typedef struct {
+    ymo_http_limits_t http;
+    double keepalive_timeout;   /* idle between requests */
+    double header_timeout;      /* from the first byte until the head is complete */
+    double body_timeout;        /* between reads of a body */
+    double send_timeout;        /* between writes that make progress */
+    double linger_timeout;      /* discarding input after the last response */
+    size_t read_size;           /* bytes per read() */
+    size_t output_high_water;   /* stop reading while more is queued */
+    int backlog;
+    int max_accept;             /* accepts per wakeup */
+    int max_dispatch;           /* requests per connection per wakeup */
+} ymo_server_config_t;
+
+void ymo_server_config_default(ymo_server_config_t *cfg);
+
+enum {
+    YMO_LOG_DEBUG = 10,
+    YMO_LOG_INFO = 20,
+    YMO_LOG_WARNING = 30,
+    YMO_LOG_ERROR = 40
+};
+
+typedef struct ymo_listener_s ymo_listener_t;
+
+struct ymo_server_s {
+    struct ev_loop *loop;
+    ymo_server_config_t cfg;
+    ymo_server_hooks_t hooks;
+    void *data;                     /* the embedder's */
+
+    ymo_listener_t *listeners;
+    ev_prepare prepare;
+    ev_idle idle;
+    ev_async wakeup;
+    ev_timer stop_timer;
+
+    ymo_conn_t *conns;              /* live connections */
+    ymo_conn_t *ready, **ready_tail;
+    ymo_conn_t *closing;            /* closed, to be freed */
+    ymo_conn_t *free_conns;         /* freelist */
+    uint32_t nconns, nfree;
+    uint64_t next_id;
+
+    int dispatch_wanted;            /* call the dispatch hook even with nothing ready */
+    volatile sig_atomic_t stop_requested;
+    double stop_timeout;            /* < 0: wait for in-flight work forever */
+    int stopping;
+
+    ymo_http_header_t *free_headers;/* freelist of header arrays */
+    char date[40];                  /* "Date: ...\r\n" */
+    size_t date_len;
+    ev_tstamp date_at;
+};
+
+/* Create the loop. 0 or -errno / YMO_E_NOMEM. */
+int ymo_server_init(ymo_server_t *s, const ymo_server_config_t *cfg,
+                    const ymo_server_hooks_t *hooks, void *data);
+/* Close every connection and listener, free the loop. */
+void ymo_server_free(ymo_server_t *s);
+
+/* Bind and listen on host:port (IPv4 or IPv6 literal or name). */
+int ymo_server_listen(ymo_server_t *s, const char *host, int port, int reuse_port);
+/* Serve on an already-bound socket (listen() is called if needed). The
+ * server owns fd from now on. */
+int ymo_server_listen_fd(ymo_server_t *s, int fd);
+/* The first listener's bound address. */
+int ymo_server_address(ymo_server_t *s, struct sockaddr_storage *ss, socklen_t *len);
+
+/* Run until stopped. */
+int ymo_server_run(ymo_server_t *s);
+/* Ask the server to stop: async-signal-safe and callable from any thread.
+ * Stops accepting, lets in-flight exchanges finish (at most timeout
+ * seconds when timeout >= 0), then ymo_server_run() returns. */
+void ymo_server_stop(ymo_server_t *s, double timeout);
+/* Called from the dispatch hook: run the ready connections. */
+void ymo_server_run_ready(ymo_server_t *s);
+
+/* The cached "Date: ...\r\n" line, refreshed once a second. */
+const char *ymo_server_date(ymo_server_t *s, size_t *len);
+
+/* Header arrays for parsers, from a freelist (limits.max_headers long). */
+ymo_http_header_t *ymo__server_headers_get(ymo_server_t *s);
+void ymo__server_headers_put(ymo_server_t *s, ymo_http_header_t *h);
+
+#endif /* YIMMO_CORE_H */

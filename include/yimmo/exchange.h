@@ -1,0 +1,69 @@
+/*
+ * yimmo/exchange.h: HTTP exchanges on a connection, for the embedder that
+ * answers requests (the Python layer). All of these run on the loop thread,
+ * from inside the server's on_request hook, unless noted.
+ */
+#ifndef YIMMO_EXCHANGE_H
+#define YIMMO_EXCHANGE_H
+
+#include "yimmo/core.h"
+
+enum ymo_http_resp_flags {
+    YMO_RESP_STARTED = 1u << 0,     /* status line queued */
+    YMO_RESP_HEAD_DONE = 1u << 1,   /* header section queued */
+    YMO_RESP_CHUNKED = 1u << 2,
+    YMO_RESP_HAS_LENGTH = 1u << 3,  /* framed by Content-Length */
+    YMO_RESP_NO_BODY = 1u << 4,     /* HEAD, 1xx, 204 or 304: body bytes dropped */
+    YMO_RESP_CLOSE = 1u << 5,       /* the connection closes after this response */
+    YMO_RESP_FINISHED = 1u << 6,
+    YMO_RESP_APP_LENGTH = 1u << 7   /* the application sent Content-Length */
+};
+
+typedef struct {
+    int status;
+    uint32_t flags;
+    uint64_t content_length;
+    uint64_t sent;
+} ymo_http_response_t;
+
+/* The parsed request head on c; spans are relative to *base. */
+const ymo_http_parser_t *ymo_http_request(ymo_conn_t *c, const char **base);
+
+/* The body: YMO_OK with the whole decoded body, or YMO_AGAIN when the
+ * request waits for 100-continue and its body has not been read yet. */
+int ymo_http_body(ymo_conn_t *c, const char **data, size_t *len);
+
+/* Send 100 Continue if the client expects it, then read until the body is
+ * complete. Blocks on this one connection: call it without locks that the
+ * loop's other work needs. On error the connection has been answered (e.g.
+ * 400, 413) or closed, and the exchange must not respond. */
+int ymo_http_body_wait(ymo_conn_t *c);
+
+/* The response being written on c. */
+ymo_http_response_t *ymo_http_response(ymo_conn_t *c);
+
+/* Queue the status line. */
+int ymo_http_response_begin(ymo_conn_t *c, int status);
+/* Queue one header field; names must be tokens, values must not hold CR,
+ * LF or NUL (RFC 9110 5.5). Connection and Transfer-Encoding belong to the
+ * server: "Connection: close" is honoured, Transfer-Encoding refused. */
+int ymo_http_response_header(ymo_conn_t *c, const char *name, size_t nlen,
+                             const char *value, size_t vlen);
+/* Finish the header section. known_len >= 0 is the whole body's length
+ * (Content-Length is added unless the application gave one); < 0 means the
+ * body streams: chunked on HTTP/1.1, close-delimited on HTTP/1.0. */
+int ymo_http_response_end_head(ymo_conn_t *c, int64_t known_len);
+/* Queue body bytes. With ref != NULL the bytes are referenced and the
+ * release hook gets ref once written; otherwise they are copied. The
+ * release hook also gets ref when the bytes are not needed (HEAD). */
+int ymo_http_response_body(ymo_conn_t *c, const char *data, size_t len, void *ref);
+/* End the response (the last chunk, or a check of Content-Length). */
+int ymo_http_response_finish(ymo_conn_t *c);
+
+/* Answer with a short plain-text error and close the connection. */
+int ymo_http_respond_error(ymo_conn_t *c, int status, const char *reason);
+
+/* The embedder's object for the running exchange. */
+void ymo_http_set_exchange(ymo_conn_t *c, void *exchange);
+
+#endif /* YIMMO_EXCHANGE_H */

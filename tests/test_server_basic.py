@@ -1,0 +1,255 @@
+"""Requests and responses: what the handler sees and what the client gets."""
+import email.utils
+import os
+import socket
+import time
+
+import pytest
+
+import yimmo
+from conftest import RawConn, get_request, parse_responses, raw_request
+
+
+def ok(ex):
+    ex.respond(200, [("Content-Type", "text/plain")], b"hi")
+
+
+def test_address_is_bound_in_constructor():
+    srv = yimmo.Server(ok, host="127.0.0.1", port=0)
+    host, port = srv.address[0], srv.address[1]
+    assert host == "127.0.0.1"
+    assert 0 < port < 65536
+    # The socket listens before run(): the kernel completes the handshake.
+    with socket.create_connection((host, port), timeout=2):
+        pass
+
+
+def test_get_returns_the_handler_response_with_content_length(server):
+    live = server(ok)
+    resp, body = live.get("/")
+    assert resp.status == 200
+    assert body == b"hi"
+    assert resp.getheader("Content-Length") == "2"
+    assert resp.getheader("Content-Type") == "text/plain"
+    assert resp.getheader("Transfer-Encoding") is None
+
+
+def test_server_adds_date_and_server_headers(server):
+    live = server(ok)
+    resp, _ = live.get("/")
+    date = resp.getheader("Date")
+    assert date is not None and date.endswith(" GMT"), date
+    sent = email.utils.parsedate_to_datetime(date).timestamp()
+    assert abs(sent - time.time()) < 5
+    assert resp.getheader("Server")
+
+
+def test_respond_status_has_its_reason_phrase(server):
+    live = server(lambda ex: ex.respond(404, [], b"nope"))
+    resp, body = live.get("/missing")
+    assert (resp.status, resp.reason, body) == (404, "Not Found", b"nope")
+
+
+def test_request_line_fields_reach_the_handler(server):
+    seen = []
+    live = server(lambda ex: (seen.append((ex.method, ex.path, ex.query, ex.version)), ok(ex)))
+    live.get("/a/b%20c?x=1&y=%41")
+    live.get("/plain")
+    assert seen == [("GET", "/a/b%20c", "x=1&y=%41", "HTTP/1.1"),
+                    ("GET", "/plain", "", "HTTP/1.1")]
+
+
+def test_http10_version_reaches_the_handler(server):
+    seen = []
+    live = server(lambda ex: (seen.append(ex.version), ok(ex)))
+    data = raw_request(live.address, b"GET / HTTP/1.0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.")
+    assert seen == ["HTTP/1.0"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "PURGE"])
+def test_method_is_passed_through(server, method):
+    seen = []
+    live = server(lambda ex: (seen.append(ex.method), ok(ex)))
+    resp, _ = live.get("/", method=method, body=b"" if method != "OPTIONS" else None)
+    assert resp.status == 200
+    assert seen == [method]
+
+
+def test_headers_are_lowercased_ordered_and_keep_duplicates(server):
+    seen = {}
+
+    def handler(ex):
+        h = ex.headers
+        seen["items"] = h.items()
+        seen["len"] = len(h)
+        seen["first"] = h["X-DUP"]
+        seen["all"] = h.getall("x-Dup")
+        seen["in"] = ("X-Dup" in h, "x-dup" in h, "absent" in h)
+        seen["get"] = (h.get("X-One"), h.get("absent"), h.get("absent", "dflt"))
+        try:
+            h["Absent"]
+        except KeyError:
+            seen["keyerror"] = True
+        seen["getall_absent"] = h.getall("absent")
+        seen["isinstance"] = isinstance(h, yimmo.Headers) and isinstance(ex, yimmo.Exchange)
+        ok(ex)
+
+    live = server(handler)
+    raw_request(live.address, b"GET / HTTP/1.1\r\nHost: example\r\nX-Dup: a\r\nX-One:   spaced  \r\n"
+                              b"x-dup: b\r\nConnection: close\r\n\r\n")
+    assert seen["items"] == [("host", "example"), ("x-dup", "a"), ("x-one", "spaced"),
+                             ("x-dup", "b"), ("connection", "close")]
+    assert seen["len"] == 5
+    assert seen["first"] == "a"
+    assert seen["all"] == ["a", "b"]
+    assert seen["in"] == (True, True, False)
+    assert seen["get"] == ("spaced", None, "dflt")
+    assert seen.get("keyerror") is True
+    assert seen["getall_absent"] == []
+    assert seen["isinstance"] is True
+
+
+def test_remote_addr_is_the_client_socket_address(server):
+    seen = []
+    live = server(lambda ex: (seen.append(tuple(ex.remote_addr)), ok(ex)))
+    with RawConn(live.address) as c:
+        c.send(get_request("/"))
+        c.read_response()
+        local = c.sock.getsockname()
+    assert seen == [(local[0], local[1])]
+
+
+def test_respond_accepts_dict_headers_and_str_body(server):
+    live = server(lambda ex: ex.respond(201, {"X-Kind": "dict"}, "h\u00e9llo \u2713"))
+    resp, body = live.get("/")
+    assert resp.status == 201
+    assert resp.getheader("X-Kind") == "dict"
+    assert body == "h\u00e9llo \u2713".encode("utf-8")
+    assert resp.getheader("Content-Length") == str(len(body))
+
+
+def test_respond_keeps_duplicate_header_pairs(server):
+    live = server(lambda ex: ex.respond(200, [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")], b""))
+    resp, body = live.get("/")
+    assert resp.msg.get_all("Set-Cookie") == ["a=1", "b=2"]
+    assert resp.getheader("Content-Length") == "0" and body == b""
+
+
+def test_empty_request_body_is_empty_bytes(server):
+    seen = []
+    live = server(lambda ex: (seen.append((ex.body, ex.read())), ok(ex)))
+    live.get("/")
+    assert seen == [(b"", b"")]
+
+
+def test_many_request_headers_arrive_intact(server):
+    seen = []
+    live = server(lambda ex: (seen.append(ex.headers.items()), ok(ex)))
+    sent = [("x-h%02d" % i, "v" * i) for i in range(60)]
+    raw_request(live.address, get_request("/", headers=sent + [("Connection", "close")]))
+    assert seen[0][1:-1] == sent
+
+
+def test_head_has_get_headers_and_no_body(server):
+    methods = []
+
+    def handler(ex):
+        methods.append(ex.method)
+        ex.respond(200, [("Content-Type", "text/plain")], b"x" * 123)
+
+    live = server(handler)
+    with RawConn(live.address) as c:
+        c.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        head = c.read_response("HEAD")
+        # If the HEAD response carried a body, this would parse body bytes as a status line.
+        get = c.read_response("GET")
+        c.assert_closed()
+    assert methods == ["HEAD", "GET"]
+    assert head.status == get.status == 200
+    assert head.header("content-length") == "123"
+    assert get.body == b"x" * 123
+    names = lambda r: sorted(k for k, _ in r.headers if k not in ("date", "connection"))
+    assert names(head) == names(get)
+
+
+def test_head_with_streaming_handler_sends_no_body(server):
+    def handler(ex):
+        ex.start(200, [("Content-Type", "text/plain")])
+        ex.write(b"body that must not be sent")
+        ex.end()
+
+    live = server(handler)
+    with RawConn(live.address) as c:
+        c.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        head = c.read_response("HEAD")
+        get = c.read_response("GET")
+        c.assert_closed()
+    assert head.status == 200
+    assert get.body == b"body that must not be sent"
+
+
+def test_ipv6_loopback(server):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 support")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    seen = []
+    live = server(lambda ex: (seen.append(ex.remote_addr[0]), ok(ex)), host="::1")
+    assert live.address[0] == "::1"
+    resp, body = live.get("/")
+    assert (resp.status, body) == (200, b"hi")
+    assert seen == ["::1"]
+
+
+def _close_listener(ls):
+    """Close ls unless the server already closed its fd (ownership is not specified)."""
+    try:
+        os.fstat(ls.fileno())
+    except OSError:
+        ls.detach()
+        return
+    ls.close()
+
+
+@pytest.mark.parametrize("as_fd", [False, True], ids=["socket-object", "int-fd"])
+def test_serves_on_a_prebound_listening_socket(server, as_fd):
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(64)
+    bound = ls.getsockname()
+    try:
+        live = server(ok, sock=ls.fileno() if as_fd else ls)
+        assert tuple(live.address[:2]) == bound
+        resp, body = live.get("/")
+        assert (resp.status, body) == (200, b"hi")
+        live.stop_and_wait()
+    finally:
+        _close_listener(ls)
+
+
+def test_second_request_on_a_connection_sees_fresh_exchange(server):
+    seen = []
+
+    def handler(ex):
+        seen.append((ex.path, ex.body, ex.headers.get("x-n")))
+        ex.respond(200, [], ex.path)
+
+    live = server(handler)
+    with RawConn(live.address) as c:
+        c.send(b"POST /1 HTTP/1.1\r\nHost: t\r\nX-N: 1\r\nContent-Length: 3\r\n\r\nabc")
+        assert c.read_response().body == b"/1"
+        c.send(b"GET /2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert c.read_response().body == b"/2"
+    assert seen == [("/1", b"abc", "1"), ("/2", b"", None)]
+
+
+def test_responses_parse_with_the_raw_reader(server):
+    """The helper itself: two complete responses back to back."""
+    live = server(ok)
+    data = raw_request(live.address, get_request("/") + get_request("/", headers=[("Connection", "close")]))
+    rs = parse_responses(data)
+    assert [(r.status, r.body) for r in rs] == [(200, b"hi"), (200, b"hi")]

@@ -1,0 +1,212 @@
+"""Many connections, concurrency, and stopping a server that has work in flight."""
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import yimmo
+from conftest import RawConn, get_request, open_fds, wait_for
+
+
+def echo_path(ex):
+    ex.respond(200, [], ex.path)
+
+
+@pytest.mark.timeout(30)
+def test_1000_sequential_connections_are_served_and_closed(server):
+    live = server(echo_path)
+    fds_before = open_fds()
+    for i in range(1000):
+        with RawConn(live.address) as c:
+            c.send(get_request("/%d" % i, headers=[("Connection", "close")]))
+            resp = c.read_response()
+            assert (resp.status, resp.body) == (200, b"/%d" % i)
+            c.assert_closed()
+    # Teardown asserted: the server closed its side of every connection.
+    assert wait_for(lambda: open_fds() <= fds_before + 2, timeout=2), (fds_before, open_fds())
+
+
+@pytest.mark.timeout(30)
+def test_200_concurrent_connections(server):
+    ports = set()
+    live = server(lambda ex: (ports.add(ex.remote_addr[1]), echo_path(ex)))
+    n = 200
+    barrier = threading.Barrier(n, timeout=10)
+    errors = []
+
+    def client(i):
+        conn = live.http(timeout=10)
+        try:
+            conn.connect()
+            barrier.wait()  # All 200 connections are open at once.
+            for j in range(3):
+                path = "/c%d/%d" % (i, j)
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                body = resp.read()
+                if (resp.status, body) != (200, path.encode()):
+                    errors.append((path, resp.status, body))
+        except Exception as e:
+            errors.append((i, repr(e)))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert len(ports) == n
+
+
+# --- Graceful stop ----------------------------------------------------------
+
+
+def start_stop_thread(live, **kw):
+    """stop() from a thread that is neither the loop's nor the test's."""
+    t = threading.Thread(target=live.srv.stop, kwargs=kw)
+    t.start()
+    return t
+
+
+def test_stop_finishes_an_upload_in_flight(server):
+    def handler(ex):
+        ex.respond(200, [], hashlib.sha256(ex.body).hexdigest())
+
+    live = server(handler)
+    body = os.urandom(256 * 1024)
+    c = RawConn(live.address)
+    try:
+        c.send(b"POST / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        assert c.read_response().status == 100  # The handler is reading the body now.
+        c.send(body[:1000])
+        stopper = start_stop_thread(live)
+        c.send(body[1000:])
+        resp = c.read_response()
+        assert (resp.status, resp.body) == (200, hashlib.sha256(body).hexdigest().encode())
+        live.wait_returned()
+        c.assert_closed()  # Nothing is left open once run() has returned.
+        stopper.join(5)
+        assert not stopper.is_alive()
+    finally:
+        c.close()
+
+
+def test_stop_finishes_a_download_in_flight(server):
+    big = os.urandom(16 * 1024 * 1024)
+    live = server(lambda ex: ex.respond(200, [], big))
+    c = RawConn(live.address, rcvbuf=65536)
+    try:
+        c.send(get_request("/"))
+        assert c.fill()  # The response has started; most of it is still queued in the server.
+        stopper = start_stop_thread(live)
+        resp = c.read_response()
+        assert resp.status == 200 and resp.body == big
+        live.wait_returned()
+        c.assert_closed()
+        stopper.join(5)
+        assert not stopper.is_alive()
+    finally:
+        c.close()
+
+
+def test_stop_closes_idle_keepalive_connections_promptly(server):
+    live = server(echo_path, keepalive_timeout=30)
+    with RawConn(live.address) as c:
+        c.send(get_request("/"))
+        assert c.read_response().status == 200
+        t0 = time.monotonic()
+        live.srv.stop()
+        live.wait_returned(timeout=3)
+        c.assert_closed()
+    assert time.monotonic() - t0 < 3
+
+
+def test_stop_with_timeout_abandons_a_stalled_exchange(server, caplog):
+    live = server(lambda ex: ex.respond(200, [], b"%d" % len(ex.body)))
+    with RawConn(live.address) as c:
+        c.send(b"POST / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n")
+        assert c.read_response().status == 100
+        c.send(b"x" * 10)  # And never the rest.
+        stopper = start_stop_thread(live, timeout=0.3)
+        live.wait_returned(timeout=3)
+        data = c.read_to_eof()
+        stopper.join(5)
+    assert not data.startswith(b"HTTP/1.1 200"), data
+
+
+def test_stop_twice_is_harmless(server):
+    live = server(echo_path)
+    live.srv.stop()
+    live.srv.stop()
+    live.wait_returned()
+
+
+def test_stop_from_inside_a_handler_still_answers(server):
+    holder = []
+
+    def handler(ex):
+        holder[0].srv.stop()
+        ex.respond(200, [], b"last")
+
+    live = server(handler)
+    holder.append(live)
+    resp, body = live.get("/")
+    assert (resp.status, body) == (200, b"last")
+    live.wait_returned()
+
+
+# --- Signals (own process: a stray KeyboardInterrupt must not hit pytest) ---
+
+SCRIPT = textwrap.dedent("""
+    import signal, sys, yimmo
+    srv = yimmo.Server(lambda ex: ex.respond(200, [], b"up"), port=0)
+    if sys.argv[1] == "usr1":
+        signal.signal(signal.SIGUSR1, lambda *a: srv.stop())
+    print(srv.address[1], flush=True)
+    try:
+        srv.run()
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(0)
+    print("returned", flush=True)
+""")
+
+
+def run_signalled(tmp_path, mode, signum):
+    env = dict(os.environ)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(yimmo.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in [env.get("PYTHONPATH")] if p])
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, mode], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())  # Readiness: bound and about to run().
+        with RawConn(("127.0.0.1", port)) as c:  # Readiness: the loop answers.
+            c.send(get_request("/"))
+            assert c.read_response().body == b"up"
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err
+
+
+def test_ctrl_c_stops_run(tmp_path):
+    rc, out, err = run_signalled(tmp_path, "int", signal.SIGINT)
+    assert rc == 0, err
+    assert out.strip() in ("interrupted", "returned"), (out, err)
+
+
+def test_stop_from_a_signal_handler_makes_run_return(tmp_path):
+    rc, out, err = run_signalled(tmp_path, "usr1", signal.SIGUSR1)
+    assert (rc, out.strip()) == (0, "returned"), err
