@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/core_internal.h"
@@ -247,19 +248,42 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* --- Blocking waits on one connection ----------------------------------- */
 
-static int poll_one(int fd, short events, double timeout)
+static double monotonic(void)
 {
-    struct pollfd pfd = {.fd = fd, .events = events};
-    int ms = timeout < 0 ? -1 : (int)(timeout * 1000.0);
-    int r;
-    do
-        r = poll(&pfd, 1, ms);
-    while (r < 0 && errno == EINTR);
-    if (r < 0)
-        return -errno;
-    if (r == 0)
-        return YMO_E_TIMEOUT;
-    return 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Wait until fd is ready, at most timeout seconds. The wait goes in short
+ * slices so that a stop() with a deadline, asked for meanwhile, also bounds
+ * it: the loop thread is blocked here and cannot see the request itself. */
+static int poll_one(ymo_server_t *s, int fd, short events, double timeout)
+{
+    double now = monotonic();
+    double deadline = timeout < 0 ? -1 : now + timeout;
+    double stop_deadline = -1;
+    for (;;) {
+        if (s->stop_requested && s->stop_timeout >= 0 && stop_deadline < 0)
+            stop_deadline = now + s->stop_timeout;
+        double until = deadline;
+        if (stop_deadline >= 0 && (until < 0 || stop_deadline < until))
+            until = stop_deadline;
+        double slice = 0.1;
+        if (until >= 0 && until - now < slice)
+            slice = until - now;
+        if (slice < 0)
+            slice = 0;
+        struct pollfd pfd = {.fd = fd, .events = events};
+        int r = poll(&pfd, 1, (int)(slice * 1000.0 + 0.999));
+        if (r < 0 && errno != EINTR)
+            return -errno;
+        if (r > 0)
+            return 0;
+        now = monotonic();
+        if (until >= 0 && now >= until)
+            return YMO_E_TIMEOUT;
+    }
 }
 
 int ymo_conn_flush_sync(ymo_conn_t *c, double timeout)
@@ -276,7 +300,7 @@ int ymo_conn_flush_sync(ymo_conn_t *c, double timeout)
         }
         if (w != -EAGAIN)
             return (int)w;
-        int r = poll_one(c->fd, POLLOUT, timeout);
+        int r = poll_one(c->server, c->fd, POLLOUT, timeout);
         if (r < 0)
             return r;
     }
@@ -301,7 +325,7 @@ int ymo_conn_read_sync(ymo_conn_t *c, double timeout)
         }
         if (n != -EAGAIN)
             return (int)n;
-        int r = poll_one(c->fd, POLLIN, timeout);
+        int r = poll_one(c->server, c->fd, POLLIN, timeout);
         if (r < 0)
             return r;
     }
