@@ -341,6 +341,18 @@ def table(results, skipped):
     return "\n".join(rows)
 
 
+def machine_busy(seconds=1.0):
+    """Fraction of all CPUs' time spent busy over the next few seconds."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v[:8])   # idle + iowait, total (without guest)
+    i0, t0 = sample()
+    time.sleep(seconds)
+    i1, t1 = sample()
+    return 1.0 - (i1 - i0) / (t1 - t0) if t1 > t0 else 0.0
+
+
 def machine():
     model = "?"
     try:
@@ -361,6 +373,8 @@ def report(args, results, skipped, argv):
         "# yimmo hello-world benchmark", "",
         "- when: %s" % now,
         "- machine: %s" % machine(),
+        "- machine busy before the run (all CPUs, over 1 s): %s; other work skews the figures"
+        % args.busy_before,
         "- command: `%s`" % " ".join(["python", "bench/run.py"] + argv),
         "- load: `%s` after a %d s warm-up" % (" ".join(wrk_cmd(args, 0, args.duration))
                                                .replace(":0/", ":PORT/"), args.warmup),
@@ -415,6 +429,10 @@ def main(argv=None):
         log("bench: one CPU only: pinning disabled, server and wrk share it")
         args.server_cpu = args.client_cpu = None
     os.makedirs(RESULTS, exist_ok=True)
+    busy = machine_busy()
+    args.busy_before = "%.0f%%" % (100 * busy)
+    if busy > 0.10:
+        log("bench: the machine is %.0f%% busy before starting: figures will be noisy" % (100 * busy))
 
     results, skipped = {}, {}
     for name in names:

@@ -106,12 +106,18 @@ build() {
     local spec="${1:-.}"
     log "building yimmo${YIMMO_DEBUG:+ (YIMMO_DEBUG=$YIMMO_DEBUG)}"
     pip_q install --no-build-isolation -e "$spec"
+    # A missing symbol only shows when the module is loaded: load it now.
+    "$PY" -c 'import yimmo' || die "yimmo built but does not import (see the error above)"
 }
 
 run_tests() {
-    local rc=0
+    local rc=0 a paths=(tests)
+    # Paths given on the command line replace the default, tests/.
+    for a in "$@"; do
+        case "$a" in -*) ;; *) paths=() ;; esac
+    done
     log "pytest"
-    "$PY" -m pytest -q tests "$@" || rc=$?
+    "$PY" -m pytest -q "${paths[@]}" "$@" || rc=$?
     if [ "$rc" -eq 5 ]; then
         echo "dev.sh: pytest collected no tests; that is a failure" >&2
     fi
@@ -119,7 +125,9 @@ run_tests() {
 
     # --- Later test stages go here (the lead adds them) ------------------------
     # e.g. an ASan/UBSan pass:  YIMMO_DEBUG=1 build, then pytest under
-    #      LD_PRELOAD="$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=...;
+    #      LD_PRELOAD="$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0
+    #      pytest --capture=sys (so the sanitizer's report is not swallowed);
+    #      see docs/building.md;
     #      a valgrind pass:     valgrind --error-exitcode=1 "$PY" -m pytest ...
     # Each stage must fail the script on failure and print its own summary.
     # ---------------------------------------------------------------------------

@@ -34,6 +34,7 @@ void ymo_server_config_default(ymo_server_config_t *cfg)
     cfg->send_timeout = 30.0;
     cfg->linger_timeout = 2.0;
     cfg->read_size = 16384;
+    cfg->body_buffer_max = YMO_HTTP_DEFAULT_MAX_BODY;
     cfg->output_high_water = 1u << 20;
     cfg->backlog = 1024;
     cfg->max_accept = 64;

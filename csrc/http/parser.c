@@ -200,9 +200,10 @@ static int parse_content_length(ymo_http_parser_t *p, const uint8_t *s, uint32_t
             return YMO_E_DUPLICATE_CONTENT_LENGTH;
         if ((unsigned)(c - '0') > 9u)
             return YMO_E_BAD_CONTENT_LENGTH;
-        if (v > (UINT64_MAX - 9) / 10)
+        unsigned d = (unsigned)(c - '0');
+        if (v > UINT64_MAX / 10 || (v == UINT64_MAX / 10 && d > UINT64_MAX % 10))
             return YMO_E_BAD_CONTENT_LENGTH;
-        v = v * 10 + (uint64_t)(c - '0');
+        v = v * 10 + d;
     }
     p->content_length = v;
     return YMO_OK;
@@ -868,7 +869,9 @@ fail:
  * Body decoding. Each call sees only bytes no earlier call consumed. After
  * yielding one run of data it keeps going through framing (CRLF, the next
  * size line, trailers) and stops in front of a second run, so that the end
- * of the body is reported together with its last data when it can be.
+ * of the body is reported together with its last data when it can be. So
+ * YMO_AGAIN with *consumed < len means "call again with the rest". Data and
+ * errors come out the same however the input is split.
  */
 int ymo_http_parse_body(ymo_http_parser_t *p, const char *buf, size_t len,
                         size_t *consumed, size_t *data_off, size_t *data_len)
@@ -876,7 +879,7 @@ int ymo_http_parse_body(ymo_http_parser_t *p, const char *buf, size_t len,
     const uint8_t *b = (const uint8_t *)buf;
     const ymo_http_limits_t *lim = p->limits;
     size_t i = 0;
-    int have_data = 0;
+    int have_data = 0, counted = 0;
     int err;
 
     *consumed = 0;
@@ -912,14 +915,17 @@ int ymo_http_parse_body(ymo_http_parser_t *p, const char *buf, size_t len,
         uint8_t c = b[i];
         uint32_t st = p->body_state;
 
+        counted = 0;
         if (st >= B_SIZE_START && st <= B_EXT_QEND) {
             /* Bound the chunk-size line so a peer cannot stream extensions forever. */
+            counted = 1;
             if (++p->body_aux > MAX_CHUNK_LINE) {
                 err = st <= B_SIZE ? YMO_E_BAD_CHUNK_SIZE : YMO_E_BAD_CHUNK_EXTENSION;
                 goto fail;
             }
         } else if (st >= B_TRAILER_START) {
             /* The trailer section is bounded like the head (431). */
+            counted = 1;
             if (++p->body_aux > lim->max_header_bytes) {
                 err = YMO_E_HEADERS_TOO_LARGE;
                 goto fail;
@@ -1150,8 +1156,18 @@ bad_ext:
 bad_trailer:
     err = YMO_E_BAD_TRAILER;
 fail:
+    if (have_data) {
+        /*
+         * Hand over the data first and stop in front of the bad byte: the
+         * next call fails on it, so the data a caller sees never depends on
+         * how the input was split. The byte was not consumed: uncount it.
+         */
+        if (counted)
+            p->body_aux--;
+        *consumed = i;
+        return YMO_AGAIN;
+    }
     *consumed = i;
-    *data_len = 0;
     p->error = err;
     return err;
 }

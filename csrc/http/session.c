@@ -34,6 +34,7 @@ typedef struct {
     size_t rstart;      /* the request's first byte in c->in */
     size_t scan;        /* next unparsed byte, from rstart */
     size_t body_end;    /* end of the decoded body, from rstart */
+    size_t body_rpos;   /* streamed up to here, from rstart */
     ymo_http_response_t resp;
     void *exchange;
 } session_t;
@@ -210,15 +211,18 @@ static void process(ymo_conn_t *c)
                 parse_failed(c, r);
                 return;
             }
-            ss->scan = ss->body_end = ss->parser.head_len;
+            ss->scan = ss->body_end = ss->body_rpos = ss->parser.head_len;
             if (!expects_body(&ss->parser)) {
                 ss->flags |= SF_BODY_DONE;
                 ss->state = S_READY;
                 continue;
             }
-            if (ss->parser.flags & YMO_HTTP_F_EXPECT_CONTINUE) {
+            if ((ss->parser.flags & YMO_HTTP_F_EXPECT_CONTINUE)
+                || (ss->parser.flags & YMO_HTTP_F_CHUNKED)
+                || ss->parser.content_length > s->cfg.body_buffer_max) {
                 /* RFC 9110 10.1.1: the handler decides first; 100
-                 * Continue goes out when it asks for the body. */
+                 * Continue goes out when it asks for the body. Large and
+                 * chunked bodies stream to the handler as it reads. */
                 ss->state = S_READY;
                 continue;
             }
@@ -426,46 +430,114 @@ int ymo_http_body(ymo_conn_t *c, const char **data, size_t *len)
     return YMO_OK;
 }
 
+/* Send 100 Continue once, the first time the handler wants the body, and
+ * only while no response has started (RFC 9110 10.1.1). */
+static int send_continue(ymo_conn_t *c, session_t *ss)
+{
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if ((ss->flags & SF_CONTINUE_SENT) || (ss->resp.flags & YMO_RESP_STARTED)
+        || !(ss->parser.flags & YMO_HTTP_F_EXPECT_CONTINUE))
+        return 0;
+    ss->flags |= SF_CONTINUE_SENT;
+    int r = ymo_outq_copy(&c->out, cont, sizeof(cont) - 1);
+    if (r == 0)
+        r = ymo_conn_flush_sync(c, c->server->cfg.send_timeout);
+    return r;
+}
+
+/* Decode what is buffered; when nothing more can be, wait for bytes.
+ * Returns YMO_OK at the end of the body, YMO_AGAIN after progress, or an
+ * error with the connection answered or closed. */
+static int pull_body(ymo_conn_t *c, session_t *ss)
+{
+    size_t before = ss->body_end;
+    int r = read_body(c, ss);
+    if (r == YMO_OK) {
+        ss->flags |= SF_BODY_DONE;
+        return YMO_OK;
+    }
+    if (r != YMO_AGAIN) {
+        parse_failed(c, r);
+        return r;
+    }
+    if (ss->body_end > before)
+        return YMO_AGAIN;
+    r = send_continue(c, ss);
+    if (r == 0)
+        r = ymo_conn_read_sync(c, c->server->cfg.body_timeout);
+    if (r == YMO_E_TIMEOUT) {
+        ymo_http_respond_error(c, 408, "request body not received in time");
+        return r;
+    }
+    if (r < 0) {
+        ymo_conn_close(c);
+        return r;
+    }
+    return YMO_AGAIN;
+}
+
 int ymo_http_body_wait(ymo_conn_t *c)
 {
     session_t *ss = SESSION(c);
-    ymo_server_t *s = c->server;
-    int r;
-
     if (ss->flags & SF_BODY_DONE)
         return 0;
     if (ss->state != S_RUNNING || (c->flags & YMO_CONN_CLOSED))
         return YMO_E_STATE;
-    if (!(ss->flags & SF_CONTINUE_SENT) && !(ss->resp.flags & YMO_RESP_STARTED)) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        ss->flags |= SF_CONTINUE_SENT;
-        r = ymo_outq_copy(&c->out, cont, sizeof(cont) - 1);
-        if (r == 0)
-            r = ymo_conn_flush_sync(c, s->cfg.send_timeout);
-        if (r < 0)
-            goto fail;
+    if (ss->body_rpos > ss->parser.head_len)
+        return YMO_E_STATE;     /* part of it was streamed away already */
+    if (ss->parser.flags & YMO_HTTP_F_CONTENT_LENGTH) {
+        size_t want = ss->parser.head_len + (size_t)ss->parser.content_length;
+        if (c->in.len - ss->rstart < want && ymo_conn_reserve(c, want - (c->in.len - ss->rstart)) < 0) {
+            ymo_http_respond_error(c, 503, "out of memory");
+            return YMO_E_NOMEM;
+        }
     }
     for (;;) {
-        r = read_body(c, ss);
-        if (r == YMO_OK) {
-            ss->flags |= SF_BODY_DONE;
+        int r = pull_body(c, ss);
+        if (r == YMO_OK)
             return 0;
-        }
-        if (r != YMO_AGAIN) {
-            parse_failed(c, r);
+        if (r != YMO_AGAIN)
             return r;
-        }
-        r = ymo_conn_read_sync(c, s->cfg.body_timeout);
-        if (r == YMO_E_TIMEOUT) {
-            ymo_http_respond_error(c, 408, "request body not received in time");
-            return r;
-        }
-        if (r < 0)
-            goto fail;
     }
-fail:
-    ymo_conn_close(c);
-    return r;
+}
+
+ssize_t ymo_http_body_stream(ymo_conn_t *c, const char **data, size_t max)
+{
+    session_t *ss = SESSION(c);
+    if (ss->state != S_RUNNING || (c->flags & YMO_CONN_CLOSED))
+        return YMO_E_STATE;
+    for (;;) {
+        if (ss->body_rpos < ss->body_end) {
+            size_t n = ss->body_end - ss->body_rpos;
+            if (n > max)
+                n = max;
+            *data = c->in.data + ss->rstart + ss->body_rpos;
+            ss->body_rpos += n;
+            return (ssize_t)n;
+        }
+        if (ss->flags & SF_BODY_DONE)
+            return 0;
+        /* Everything decoded was handed out: reuse its room, so a large
+         * upload costs a buffer, not its size. */
+        size_t head = ss->parser.head_len;
+        if (ss->body_end > head) {
+            char *base = c->in.data + ss->rstart;
+            size_t rest = c->in.len - ss->rstart - ss->scan;
+            memmove(base + head, base + ss->scan, rest);
+            c->in.len = ss->rstart + head + rest;
+            ss->scan = ss->body_end = ss->body_rpos = head;
+        }
+        int r = pull_body(c, ss);
+        if (r < 0 && r != YMO_AGAIN)
+            return r;
+    }
+}
+
+void ymo_http_body_unread(ymo_conn_t *c, size_t n)
+{
+    session_t *ss = SESSION(c);
+    if (n <= ss->body_rpos - ss->parser.head_len)
+        ss->body_rpos -= n;
 }
 
 void ymo_http_set_exchange(ymo_conn_t *c, void *exchange)
@@ -530,6 +602,23 @@ static int has_token(const char *v, size_t len, const char *token)
     return 0;
 }
 
+int ymo_http_check_field(const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    if (nlen == 0)
+        return YMO_E_BAD_HEADER_NAME;
+    for (size_t i = 0; i < nlen; i++)
+        if (!token_char[(unsigned char)name[i]])
+            return YMO_E_BAD_HEADER_NAME;
+    /* RFC 9110 5.5: CR, LF and NUL never appear in a field value; letting
+     * them through would let the application split the response. */
+    for (size_t i = 0; i < vlen; i++) {
+        unsigned char ch = (unsigned char)value[i];
+        if (ch == '\r' || ch == '\n' || ch == '\0')
+            return YMO_E_BAD_HEADER_VALUE;
+    }
+    return 0;
+}
+
 int ymo_http_response_begin(ymo_conn_t *c, int status)
 {
     session_t *ss = SESSION(c);
@@ -552,18 +641,9 @@ int ymo_http_response_header(ymo_conn_t *c, const char *name, size_t nlen,
     ymo_http_response_t *r = &SESSION(c)->resp;
     if (!(r->flags & YMO_RESP_STARTED) || (r->flags & YMO_RESP_HEAD_DONE))
         return YMO_E_STATE;
-    if (nlen == 0)
-        return YMO_E_BAD_HEADER_NAME;
-    for (size_t i = 0; i < nlen; i++)
-        if (!token_char[(unsigned char)name[i]])
-            return YMO_E_BAD_HEADER_NAME;
-    /* RFC 9110 5.5: CR, LF and NUL never appear in a field value; letting
-     * them through would let the application split the response. */
-    for (size_t i = 0; i < vlen; i++) {
-        unsigned char ch = (unsigned char)value[i];
-        if (ch == '\r' || ch == '\n' || ch == '\0')
-            return YMO_E_BAD_HEADER_VALUE;
-    }
+    int bad = ymo_http_check_field(name, nlen, value, vlen);
+    if (bad < 0)
+        return bad;
     if (name_is(name, nlen, "connection")) {
         if (has_token(value, vlen, "close"))
             r->flags |= YMO_RESP_CLOSE;

@@ -146,12 +146,7 @@ static int ensure_body(YmoExchangeObject *ex, const char **data, size_t *len)
         return -1;
     int r = ymo_http_body(ex->conn, data, len);
     if (r == YMO_AGAIN) {
-        YmoServerObject *srv = ex->server;
-        srv->gil_held = 0;
-        Py_BEGIN_ALLOW_THREADS
-        r = ymo_http_body_wait(ex->conn);
-        Py_END_ALLOW_THREADS
-        srv->gil_held = 1;
+        YMO_BLOCKING(ex->server, r = ymo_http_body_wait(ex->conn));
         if (r < 0) {
             PyErr_Format(PyExc_ConnectionError, "the request body could not be read: %s",
                          ymo_strerror(r));
@@ -408,21 +403,12 @@ static int send_body(YmoExchangeObject *ex, const char *p, Py_ssize_t len, PyObj
     return 0;
 }
 
-/* Wait for the socket while too much is queued, so a handler that streams
- * faster than its client reads keeps memory bounded. */
-static int backpressure(YmoExchangeObject *ex)
+int ymo__py_backpressure(YmoServerObject *srv, ymo_conn_t *c)
 {
-    ymo_conn_t *c = ex->conn;
     if (c->out.bytes < c->server->cfg.output_high_water)
         return 0;
-    YmoServerObject *srv = ex->server;
     int r;
-    srv->gil_held = 0;
-    Py_BEGIN_ALLOW_THREADS
-    r = ymo_conn_flush_sync(c, c->server->cfg.send_timeout);
-    Py_END_ALLOW_THREADS
-    srv->gil_held = 1;
-    ymo__py_server_drain(srv);
+    YMO_BLOCKING(srv, r = ymo_conn_flush_sync(c, c->server->cfg.send_timeout));
     if (r < 0) {
         ymo_conn_close(c);
         PyErr_Format(PyExc_ConnectionError, "the client went away: %s", ymo_strerror(r));
@@ -493,7 +479,7 @@ static PyObject *ex_write(YmoExchangeObject *ex, PyObject *data)
     PyObject *owner;
     if (body_data(data, &p, &len, &owner) < 0)
         return NULL;
-    if (send_body(ex, p, len, owner) < 0 || backpressure(ex) < 0)
+    if (send_body(ex, p, len, owner) < 0 || ymo__py_backpressure(ex->server, ex->conn) < 0)
         return NULL;
     Py_RETURN_NONE;
 }

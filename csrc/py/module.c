@@ -172,7 +172,8 @@ static int module_exec(PyObject *m)
     if (PyModule_AddStringConstant(m, "__version__", YMO_VERSION) < 0)
         return -1;
     if (ymo__py_headers_init(m, st) < 0 || ymo__py_parsers_init(m, st) < 0
-        || ymo__py_exchange_init(m, st) < 0 || ymo__py_server_init(m, st) < 0)
+        || ymo__py_exchange_init(m, st) < 0 || ymo__py_server_init(m, st) < 0
+        || ymo__py_wsgi_init(m, st) < 0)
         return -1;
     return 0;
 }
@@ -186,7 +187,8 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->request_parser_type);
     Py_VISIT(st->parse_error);
     Py_VISIT(st->logger);
-    return 0;
+    Py_VISIT(st->wsgi_server_type);
+    return ymo__py_wsgi_traverse(st, visit, arg);
 }
 
 static int module_clear(PyObject *m)
@@ -198,6 +200,8 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->request_parser_type);
     Py_CLEAR(st->parse_error);
     Py_CLEAR(st->logger);
+    Py_CLEAR(st->wsgi_server_type);
+    ymo__py_wsgi_clear(st);
     for (int i = 0; i < 9; i++)
         Py_CLEAR(st->str_methods[i]);
     Py_CLEAR(st->str_http10);

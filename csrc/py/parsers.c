@@ -212,6 +212,9 @@ static int rp_run(YmoRequestParserObject *self, ymo_py_state *st, PyObject *out)
     size_t start = 0; /* first byte of the request in progress */
     int rc = 0;
 
+    if (self->buf == NULL)
+        return 0; /* nothing was ever fed */
+
     for (;;) {
         if (!self->in_body) {
             rc = ymo_http_parse_head(p, self->buf + start, self->len - start);
@@ -296,12 +299,14 @@ static PyObject *rp_feed(PyObject *op, PyTypeObject *defining_class, PyObject *c
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
     /* Copy first: the parser lowercases names in place and data may change. */
-    if (reserve(&self->buf, &self->cap, self->len + (size_t)view.len) < 0) {
-        PyBuffer_Release(&view);
-        return NULL;
+    if (view.len > 0) {
+        if (reserve(&self->buf, &self->cap, self->len + (size_t)view.len) < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        memcpy(self->buf + self->len, view.buf, (size_t)view.len);
+        self->len += (size_t)view.len;
     }
-    memcpy(self->buf + self->len, view.buf, (size_t)view.len);
-    self->len += (size_t)view.len;
     PyBuffer_Release(&view);
 
     out = PyList_New(0);
@@ -324,6 +329,7 @@ error:
 static PyObject *rp_get_pending(PyObject *op, void *closure)
 {
     YmoRequestParserObject *self = (YmoRequestParserObject *)op;
+    (void)closure;
     return PyLong_FromSize_t(self->len);
 }
 

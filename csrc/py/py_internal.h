@@ -36,8 +36,27 @@ static inline void ymo__py_set_raised(PyObject *v)
 #define PyErr_SetRaisedException ymo__py_set_raised
 #endif
 
+/* Interned WSGI environ keys, in module state. */
+enum {
+    WK_REQUEST_METHOD, WK_SCRIPT_NAME, WK_PATH_INFO, WK_QUERY_STRING, WK_RAW_URI,
+    WK_SERVER_PROTOCOL, WK_SERVER_NAME, WK_SERVER_PORT, WK_REMOTE_ADDR, WK_REMOTE_PORT,
+    WK_CONTENT_TYPE, WK_CONTENT_LENGTH, WK_WSGI_VERSION, WK_WSGI_URL_SCHEME,
+    WK_WSGI_INPUT, WK_WSGI_ERRORS, WK_WSGI_MULTITHREAD, WK_WSGI_MULTIPROCESS,
+    WK_WSGI_RUN_ONCE, WK_WSGI_INPUT_TERMINATED, WK_WSGI_FILE_WRAPPER,
+    WK__COUNT
+};
+
+/* Request headers whose HTTP_* key is interned rather than built. */
+#define YMO_WSGI_COMMON_HEADERS 24
+
 /* Per-module state (PEP 573): every type and cached object lives here. */
 typedef struct {
+    PyTypeObject *wsgi_server_type;
+    PyTypeObject *wsgi_request_type;
+    PyTypeObject *input_type;
+    PyObject *wsgi_keys[WK__COUNT];
+    PyObject *wsgi_header_keys[YMO_WSGI_COMMON_HEADERS];
+    PyObject *wsgi_version;     /* (1, 0) */
     PyTypeObject *server_type;
     PyTypeObject *exchange_type;
     PyTypeObject *headers_type;
@@ -65,6 +84,9 @@ int ymo__py_headers_init(PyObject *module, ymo_py_state *st);
 int ymo__py_parsers_init(PyObject *module, ymo_py_state *st);
 int ymo__py_server_init(PyObject *module, ymo_py_state *st);
 int ymo__py_exchange_init(PyObject *module, ymo_py_state *st);
+int ymo__py_wsgi_init(PyObject *module, ymo_py_state *st);
+void ymo__py_wsgi_clear(ymo_py_state *st);
+int ymo__py_wsgi_traverse(ymo_py_state *st, visitproc visit, void *arg);
 
 /* A method name as a str, interned for the common ones. New reference. */
 PyObject *ymo__py_method_str(ymo_py_state *st, const char *p, size_t len);
@@ -95,7 +117,38 @@ typedef struct {
     PyObject *parked;           /* exception from a signal handler, re-raised by run() */
     int sigfd[2];
     ev_io sigio;
+    ev_timer tick;
+    PyObject *on_tick;          /* callable() every tick interval, or NULL */
+    /* WSGIServer only. */
+    int wsgi;
+    int multiprocess;
+    PyObject *url_scheme;       /* str */
+    PyObject *script_name;      /* str */
+    PyObject *server_name;      /* str, from the first listener */
+    PyObject *server_port;      /* str */
+    PyObject *access_log;       /* callable or NULL */
+    PyObject *file_wrapper;     /* yimmo.wsgi.FileWrapper */
 } YmoServerObject;
+
+/* Run stmt with the GIL released on the loop thread (a blocking wait on one
+ * connection); references the engine releases meanwhile are parked. */
+#define YMO_BLOCKING(srv, stmt)          \
+    do {                                 \
+        (srv)->gil_held = 0;             \
+        Py_BEGIN_ALLOW_THREADS           \
+        stmt;                            \
+        Py_END_ALLOW_THREADS             \
+        (srv)->gil_held = 1;             \
+        ymo__py_server_drain(srv);       \
+    } while (0)
+
+/* Wait while c's output is over the high-water mark, so an application that
+ * produces faster than its client reads keeps memory bounded. 0, or -1 with
+ * ConnectionError set (the connection is closed). */
+int ymo__py_backpressure(YmoServerObject *srv, ymo_conn_t *c);
+
+/* Serve one request on c through the WSGI application. GIL held. */
+void ymo__py_wsgi_run(YmoServerObject *self, ymo_conn_t *c);
 
 /* Drop references parked while the GIL was released. GIL held. */
 void ymo__py_server_drain(YmoServerObject *self);

@@ -75,7 +75,11 @@ static void hook_dispatch(ymo_server_t *s)
 
 static void hook_request(ymo_server_t *s, ymo_conn_t *c)
 {
-    ymo__py_exchange_run((YmoServerObject *)s->data, c);
+    YmoServerObject *self = (YmoServerObject *)s->data;
+    if (self->wsgi)
+        ymo__py_wsgi_run(self, c);
+    else
+        ymo__py_exchange_run(self, c);
 }
 
 /* Python's own signal handler writes to the wakeup fd; its Python-level
@@ -98,6 +102,23 @@ static void on_signal(struct ev_loop *loop, ev_io *w, int revents)
             ymo_server_stop(&self->srv, 0.0);
         }
     }
+    drop_gil(self);
+}
+
+static void on_tick_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    YmoServerObject *self = (YmoServerObject *)((char *)w - offsetof(YmoServerObject, tick));
+    take_gil(self);
+    PyObject *r = PyObject_CallNoArgs(self->on_tick);
+    if (r == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception) && self->parked == NULL) {
+            self->parked = PyErr_GetRaisedException();
+            ymo_server_stop(&self->srv, 2.0);
+        } else {
+            ymo__py_log_exception(self->st, "exception in on_tick");
+        }
+    }
+    Py_XDECREF(r);
     drop_gil(self);
 }
 
@@ -195,26 +216,113 @@ static int take_socket(YmoServerObject *self, PyObject *sock)
     return 0;
 }
 
-static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+static int take_sockets(YmoServerObject *self, PyObject *sock)
+{
+    if (PyList_Check(sock) || PyTuple_Check(sock)) {
+        PyObject *seq = PySequence_Fast(sock, "sock");
+        if (seq == NULL)
+            return -1;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+        if (n == 0) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "sock must not be an empty list");
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (take_socket(self, PySequence_Fast_GET_ITEM(seq, i)) < 0) {
+                Py_DECREF(seq);
+                return -1;
+            }
+        }
+        Py_DECREF(seq);
+        return 0;
+    }
+    return take_socket(self, sock);
+}
+
+/* SERVER_NAME and SERVER_PORT when a request has no Host. */
+static int cache_server_name(YmoServerObject *self)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char host[INET6_ADDRSTRLEN] = "localhost";
+    int port = 0;
+    if (ymo_server_address(&self->srv, &ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+            port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+            port = ntohs(a->sin6_port);
+        }
+    }
+    self->server_name = PyUnicode_FromString(host);
+    self->server_port = PyUnicode_FromFormat("%d", port);
+    return self->server_name && self->server_port ? 0 : -1;
+}
+
+static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject *kw, int wsgi)
 {
     static char *kwlist[] = {
         "handler", "host", "port", "sock", "backlog", "reuse_port",
         "keepalive_timeout", "header_timeout", "body_timeout", "send_timeout",
         "max_body_size", "max_request_line", "max_header_size", "max_header_bytes",
-        "max_headers", NULL,
+        "max_headers", "on_tick", "tick_interval",
+        /* WSGIServer only, from here. */
+        "url_scheme", "script_name", "multiprocess", "access_log", "threads",
+        "body_buffer_size", NULL,
     };
     PyObject *handler, *host_o = NULL, *port_o = NULL, *sock = Py_None, *backlog_o = NULL;
     int reuse_port = 0;
     PyObject *ka = NULL, *ht = NULL, *bt = NULL, *st_o = NULL;
     PyObject *mb = NULL, *mrl = NULL, *mhs = NULL, *mhb = NULL, *mh = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOO:Server", kwlist, &handler,
+    PyObject *on_tick = Py_None, *tick_o = NULL;
+    PyObject *url_scheme = NULL, *script_name = NULL, *multiprocess = NULL;
+    PyObject *access_log = NULL, *threads = NULL, *bbs = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOO", kwlist, &handler,
                                      &host_o, &port_o, &sock, &backlog_o, &reuse_port, &ka, &ht,
-                                     &bt, &st_o, &mb, &mrl, &mhs, &mhb, &mh))
+                                     &bt, &st_o, &mb, &mrl, &mhs, &mhb, &mh, &on_tick, &tick_o,
+                                     &url_scheme, &script_name, &multiprocess, &access_log,
+                                     &threads, &bbs))
         return NULL;
+    if (!wsgi && (url_scheme || script_name || multiprocess || access_log || threads || bbs)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "url_scheme, script_name, multiprocess, access_log, threads and "
+                        "body_buffer_size are WSGIServer arguments");
+        return NULL;
+    }
+    const char *what = wsgi ? "app" : "handler";
     if (!PyCallable_Check(handler)) {
-        PyErr_Format(PyExc_TypeError, "handler must be callable, not %.100s",
+        PyErr_Format(PyExc_TypeError, "%s must be callable, not %.100s", what,
                      Py_TYPE(handler)->tp_name);
         return NULL;
+    }
+    if (on_tick != Py_None && !PyCallable_Check(on_tick)) {
+        PyErr_SetString(PyExc_TypeError, "on_tick must be callable or None");
+        return NULL;
+    }
+    if (access_log != NULL && access_log != Py_None && !PyCallable_Check(access_log)) {
+        PyErr_SetString(PyExc_TypeError, "access_log must be callable or None");
+        return NULL;
+    }
+    if (threads != NULL && threads != Py_None) {
+        long n = PyLong_Check(threads) ? PyLong_AsLong(threads) : -1;
+        if (n != 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError,
+                                "threads must be 0: this build runs applications on the loop "
+                                "thread (use workers for parallelism)");
+            return NULL;
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        PyObject *o = i ? script_name : url_scheme;
+        if (o != NULL && !PyUnicode_Check(o)) {
+            PyErr_Format(PyExc_TypeError, "%s must be a str", i ? "script_name" : "url_scheme");
+            return NULL;
+        }
     }
     const char *host = "127.0.0.1";
     if (host_o != NULL && host_o != Py_None) {
@@ -243,11 +351,13 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 
     ymo_server_config_t cfg;
     ymo_server_config_default(&cfg);
+    double tick = 1.0;
     unsigned long long v;
     if (set_double(ka, "keepalive_timeout", &cfg.keepalive_timeout) < 0
         || set_double(ht, "header_timeout", &cfg.header_timeout) < 0
         || set_double(bt, "body_timeout", &cfg.body_timeout) < 0
-        || set_double(st_o, "send_timeout", &cfg.send_timeout) < 0)
+        || set_double(st_o, "send_timeout", &cfg.send_timeout) < 0
+        || set_double(tick_o, "tick_interval", &tick) < 0)
         return NULL;
     v = (unsigned long long)cfg.backlog;
     if (set_uint(backlog_o, "backlog", 65535, &v) < 0)
@@ -273,14 +383,22 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     if (set_uint(mh, "max_headers", 10000, &v) < 0)
         return NULL;
     cfg.http.max_headers = (uint32_t)v;
+    /* The native handler gets whole bodies (up to max_body_size) without
+     * waiting on the loop; a WSGI app streams what exceeds the buffer. */
+    v = wsgi ? 65536 : cfg.http.max_body;
+    if (set_uint(bbs, "body_buffer_size", 1ull << 62, &v) < 0)
+        return NULL;
+    cfg.body_buffer_max = v;
 
     YmoServerObject *self = (YmoServerObject *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
     self->st = ymo__py_state_from_type(type);
     self->handler = Py_NewRef(handler);
+    self->on_tick = on_tick != Py_None ? Py_NewRef(on_tick) : NULL;
     self->gil_held = 1;
     self->sigfd[0] = self->sigfd[1] = -1;
+    self->wsgi = wsgi;
     ymo_server_hooks_t hooks = {
         .dispatch = hook_dispatch,
         .on_request = hook_request,
@@ -292,8 +410,10 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_OSError, "could not create the event loop");
         goto error;
     }
+    ev_init(&self->tick, on_tick_timer);
+    self->tick.repeat = tick;
     if (sock != Py_None) {
-        if (take_socket(self, sock) < 0)
+        if (take_sockets(self, sock) < 0)
             goto error;
     } else {
         r = ymo_server_listen(&self->srv, host, (int)port, reuse_port);
@@ -305,10 +425,35 @@ static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
             goto error;
         }
     }
+    if (wsgi) {
+        self->multiprocess = multiprocess != NULL && PyObject_IsTrue(multiprocess);
+        self->url_scheme = url_scheme ? Py_NewRef(url_scheme) : PyUnicode_FromString("http");
+        self->script_name = script_name ? Py_NewRef(script_name) : Py_NewRef(self->st->str_empty);
+        self->access_log = access_log != NULL && access_log != Py_None ? Py_NewRef(access_log) : NULL;
+        if (self->url_scheme == NULL || cache_server_name(self) < 0)
+            goto error;
+        PyObject *mod = PyImport_ImportModule("yimmo.wsgi");
+        if (mod == NULL)
+            goto error;
+        self->file_wrapper = PyObject_GetAttrString(mod, "FileWrapper");
+        Py_DECREF(mod);
+        if (self->file_wrapper == NULL)
+            goto error;
+    }
     return (PyObject *)self;
 error:
     Py_DECREF(self);
     return NULL;
+}
+
+static PyObject *server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    return server_new_common(type, args, kw, 0);
+}
+
+static PyObject *wsgi_server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    return server_new_common(type, args, kw, 1);
 }
 
 /* --- Methods --------------------------------------------------------------- */
@@ -390,9 +535,17 @@ static PyObject *server_run(YmoServerObject *self, PyObject *unused)
     }
     self->phase = 1;
     Py_INCREF(self);
+    if (self->on_tick != NULL) {
+        ev_timer_again(self->srv.loop, &self->tick);
+        ev_unref(self->srv.loop);
+    }
     drop_gil(self);
     ymo_server_run(&self->srv);
     take_gil(self);
+    if (self->on_tick != NULL) {
+        ev_ref(self->srv.loop);
+        ev_timer_stop(self->srv.loop, &self->tick);
+    }
     ymo__py_server_drain(self);
     wakeup_fd_restore(self, old ? old : Py_None);
     Py_XDECREF(old);
@@ -461,6 +614,9 @@ static int server_traverse(YmoServerObject *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->handler);
     Py_VISIT(self->parked);
+    Py_VISIT(self->on_tick);
+    Py_VISIT(self->access_log);
+    Py_VISIT(self->file_wrapper);
     return 0;
 }
 
@@ -468,6 +624,13 @@ static int server_clear(YmoServerObject *self)
 {
     Py_CLEAR(self->handler);
     Py_CLEAR(self->parked);
+    Py_CLEAR(self->on_tick);
+    Py_CLEAR(self->access_log);
+    Py_CLEAR(self->file_wrapper);
+    Py_CLEAR(self->url_scheme);
+    Py_CLEAR(self->script_name);
+    Py_CLEAR(self->server_name);
+    Py_CLEAR(self->server_port);
     return 0;
 }
 
@@ -523,10 +686,35 @@ static PyType_Spec server_spec = {
     .slots = server_slots,
 };
 
+static PyType_Slot wsgi_server_slots[] = {
+    {Py_tp_doc,
+     "WSGIServer(app, *, host='127.0.0.1', port=8000, sock=None, url_scheme='http',\n"
+     "           script_name='', multiprocess=False, access_log=None,\n"
+     "           body_buffer_size=65536, ... and every Server argument)\n\n"
+     "A PEP 3333 server calling app(environ, start_response) for every request."},
+    {Py_tp_new, wsgi_server_new},
+    {Py_tp_dealloc, server_dealloc},
+    {Py_tp_traverse, server_traverse},
+    {Py_tp_clear, server_clear},
+    {Py_tp_methods, server_methods},
+    {Py_tp_getset, server_getset},
+    {0, NULL},
+};
+
+static PyType_Spec wsgi_server_spec = {
+    .name = "yimmo.WSGIServer",
+    .basicsize = sizeof(YmoServerObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = wsgi_server_slots,
+};
+
 int ymo__py_server_init(PyObject *module, ymo_py_state *st)
 {
     st->server_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &server_spec, NULL);
-    if (st->server_type == NULL)
+    if (st->server_type == NULL || PyModule_AddType(module, st->server_type) < 0)
         return -1;
-    return PyModule_AddType(module, st->server_type);
+    st->wsgi_server_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &wsgi_server_spec, NULL);
+    if (st->wsgi_server_type == NULL)
+        return -1;
+    return PyModule_AddType(module, st->wsgi_server_type);
 }

@@ -169,6 +169,9 @@ typedef struct {
     double send_timeout;        /* between writes that make progress */
     double linger_timeout;      /* discarding input after the last response */
     size_t read_size;           /* bytes per read() */
+    uint64_t body_buffer_max;   /* bodies up to this are read before the
+                                   handler runs; larger and chunked ones are
+                                   streamed to it */
     size_t output_high_water;   /* stop reading while more is queued */
     int backlog;
     int max_accept;             /* accepts per wakeup */

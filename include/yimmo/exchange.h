@@ -39,6 +39,20 @@ int ymo_http_body(ymo_conn_t *c, const char **data, size_t *len);
  * 400, 413) or closed, and the exchange must not respond. */
 int ymo_http_body_wait(ymo_conn_t *c);
 
+/* Stream the body: *data gets up to max decoded bytes (valid until the next
+ * call). Returns the count, 0 at the end of the body, or an error (the
+ * connection has then been answered or closed). Sends 100 Continue and
+ * blocks on this connection like ymo_http_body_wait() when nothing is
+ * buffered. */
+ssize_t ymo_http_body_stream(ymo_conn_t *c, const char **data, size_t max);
+
+/* Give back the last n bytes ymo_http_body_stream() handed out. */
+void ymo_http_body_unread(ymo_conn_t *c, size_t n);
+
+/* Check one response header field as ymo_http_response_header() would:
+ * 0, YMO_E_BAD_HEADER_NAME or YMO_E_BAD_HEADER_VALUE. */
+int ymo_http_check_field(const char *name, size_t nlen, const char *value, size_t vlen);
+
 /* The response being written on c. */
 ymo_http_response_t *ymo_http_response(ymo_conn_t *c);
 

@@ -1,0 +1,969 @@
+/*
+ * The WSGI fast path (PEP 3333): the environ built from the parser's spans
+ * with keys interned in module state, start_response and wsgi.input as C
+ * types, and the response iterable written without copies where it counts.
+ */
+#include "py/py_internal.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <time.h>
+
+static const char *const wsgi_key_names[WK__COUNT] = {
+    "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "RAW_URI",
+    "SERVER_PROTOCOL", "SERVER_NAME", "SERVER_PORT", "REMOTE_ADDR", "REMOTE_PORT",
+    "CONTENT_TYPE", "CONTENT_LENGTH", "wsgi.version", "wsgi.url_scheme",
+    "wsgi.input", "wsgi.errors", "wsgi.multithread", "wsgi.multiprocess",
+    "wsgi.run_once", "wsgi.input_terminated", "wsgi.file_wrapper",
+};
+
+/* Frequent request headers: their HTTP_* keys are interned once. */
+static const char *const common_headers[YMO_WSGI_COMMON_HEADERS] = {
+    "host", "user-agent", "accept", "accept-encoding", "accept-language", "connection",
+    "cookie", "referer", "cache-control", "upgrade-insecure-requests", "origin", "pragma",
+    "if-modified-since", "if-none-match", "authorization", "x-forwarded-for",
+    "x-forwarded-proto", "x-real-ip", "upgrade", "range", "x-requested-with", "dnt",
+    "sec-fetch-mode", "te",
+};
+
+/* --- The request object: start_response and write ------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    ymo_conn_t *conn;           /* NULL once the request is over */
+    YmoServerObject *server;    /* borrowed: valid while conn is set */
+    PyObject *status;           /* the status line given to start_response */
+    PyObject *headers;          /* the header list given to start_response */
+    int code;
+    int head_sent;
+    int app_length;             /* the application set Content-Length */
+} YmoWSGIRequestObject;
+
+static int req_live(YmoWSGIRequestObject *rq)
+{
+    if (rq->conn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the request is over");
+        return -1;
+    }
+    if (rq->conn->flags & YMO_CONN_CLOSED) {
+        PyErr_SetString(PyExc_ConnectionError, "the client went away");
+        return -1;
+    }
+    return 0;
+}
+
+/* A header name or value as latin-1 bytes (PEP 3333: native strings). */
+static int latin1(PyObject *o, const char *what, PyObject **keep, const char **p, size_t *len)
+{
+    *keep = NULL;
+    if (!PyUnicode_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "header %s must be str, not %.100s", what,
+                     Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    if (PyUnicode_IS_ASCII(o)) {
+        *p = (const char *)PyUnicode_DATA(o);
+        *len = (size_t)PyUnicode_GET_LENGTH(o);
+        return 0;
+    }
+    *keep = PyUnicode_AsLatin1String(o);
+    if (*keep == NULL) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "header %s %R is not latin-1", what, o);
+        return -1;
+    }
+    *p = PyBytes_AS_STRING(*keep);
+    *len = (size_t)PyBytes_GET_SIZE(*keep);
+    return 0;
+}
+
+static int ieq(const char *a, size_t n, const char *lower)
+{
+    if (strlen(lower) != n)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = a[i];
+        if (ch >= 'A' && ch <= 'Z')
+            ch = (char)(ch + 32);
+        if (ch != lower[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* Check the headers an application gave, so a bad one raises in the
+ * application rather than reaching the wire. Sets *app_length. */
+static int check_headers(PyObject *headers, int *app_length)
+{
+    if (!PyList_Check(headers)) {
+        PyErr_Format(PyExc_TypeError, "response_headers must be a list, not %.100s",
+                     Py_TYPE(headers)->tp_name);
+        return -1;
+    }
+    *app_length = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+        PyObject *pair = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_Format(PyExc_TypeError, "response_headers[%zd] must be a (name, value) tuple", i);
+            return -1;
+        }
+        PyObject *kn, *kv;
+        const char *n, *v;
+        size_t nl, vl;
+        if (latin1(PyTuple_GET_ITEM(pair, 0), "name", &kn, &n, &nl) < 0)
+            return -1;
+        if (latin1(PyTuple_GET_ITEM(pair, 1), "value", &kv, &v, &vl) < 0) {
+            Py_XDECREF(kn);
+            return -1;
+        }
+        int r = ymo_http_check_field(n, nl, v, vl);
+        int te = ieq(n, nl, "transfer-encoding");
+        if (ieq(n, nl, "content-length"))
+            *app_length = 1;
+        Py_XDECREF(kn);
+        Py_XDECREF(kv);
+        if (r == YMO_E_BAD_HEADER_NAME) {
+            PyErr_Format(PyExc_ValueError, "invalid header name %R", PyTuple_GET_ITEM(pair, 0));
+            return -1;
+        }
+        if (r < 0) {
+            PyErr_Format(PyExc_ValueError, "header %R: value contains CR, LF or NUL",
+                         PyTuple_GET_ITEM(pair, 0));
+            return -1;
+        }
+        if (te) {
+            PyErr_SetString(PyExc_ValueError,
+                            "Transfer-Encoding is hop-by-hop: the server sets it (PEP 3333)");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* "200 OK": three digits, a space, a reason without CR or LF. */
+static int check_status(PyObject *status, int *code)
+{
+    if (!PyUnicode_Check(status)) {
+        PyErr_Format(PyExc_TypeError, "status must be str, not %.100s", Py_TYPE(status)->tp_name);
+        return -1;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(status);
+    if (n < 4 || PyUnicode_READ_CHAR(status, 3) != ' ')
+        goto bad;
+    int c = 0;
+    for (int i = 0; i < 3; i++) {
+        Py_UCS4 ch = PyUnicode_READ_CHAR(status, i);
+        if (ch < '0' || ch > '9')
+            goto bad;
+        c = c * 10 + (int)(ch - '0');
+    }
+    for (Py_ssize_t i = 4; i < n; i++) {
+        Py_UCS4 ch = PyUnicode_READ_CHAR(status, i);
+        if (ch == '\r' || ch == '\n' || ch == 0 || ch > 0xff)
+            goto bad;
+    }
+    if (c < 200) {
+        PyErr_Format(PyExc_ValueError, "status %R: a final status is 200 or more", status);
+        return -1;
+    }
+    *code = c;
+    return 0;
+bad:
+    PyErr_Format(PyExc_ValueError, "status must look like '200 OK', not %R", status);
+    return -1;
+}
+
+/* start_response(status, response_headers, exc_info=None) -> write */
+static PyObject *req_call(YmoWSGIRequestObject *rq, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"status", "response_headers", "exc_info", NULL};
+    PyObject *status, *headers, *exc_info = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O:start_response", kwlist, &status, &headers,
+                                     &exc_info))
+        return NULL;
+    if (exc_info != Py_None) {
+        if (rq->head_sent) {
+            /* PEP 3333: too late to change the response; re-raise. */
+            if (!PyTuple_Check(exc_info) || PyTuple_GET_SIZE(exc_info) != 3) {
+                PyErr_SetString(PyExc_TypeError, "exc_info must be a sys.exc_info() tuple");
+                return NULL;
+            }
+            PyObject *val = PyTuple_GET_ITEM(exc_info, 1);
+            PyObject *tb = PyTuple_GET_ITEM(exc_info, 2);
+            PyErr_Restore(Py_NewRef(PyTuple_GET_ITEM(exc_info, 0)), Py_NewRef(val),
+                          Py_NewRef(tb));
+            return NULL;
+        }
+    } else if (rq->status != NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "start_response() called twice without exc_info (PEP 3333)");
+        return NULL;
+    }
+    int code, app_length;
+    if (check_status(status, &code) < 0 || check_headers(headers, &app_length) < 0)
+        return NULL;
+    Py_XSETREF(rq->status, Py_NewRef(status));
+    Py_XSETREF(rq->headers, Py_NewRef(headers));
+    rq->code = code;
+    rq->app_length = app_length;
+    return PyObject_GetAttrString((PyObject *)rq, "write");
+}
+
+/* Queue the response head; known_len < 0 when the body streams. */
+static int send_head(YmoWSGIRequestObject *rq, int64_t known_len)
+{
+    ymo_conn_t *c = rq->conn;
+    if (rq->status == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the application returned a body before calling start_response()");
+        return -1;
+    }
+    if (rq->app_length)
+        known_len = -1;
+    ymo_outq_mark_t mark;
+    ymo_outq_mark(&c->out, &mark);
+    if (ymo_http_response_begin(c, rq->code) < 0)
+        goto nomem;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rq->headers); i++) {
+        PyObject *pair = PyList_GET_ITEM(rq->headers, i);
+        PyObject *kn, *kv;
+        const char *n, *v;
+        size_t nl, vl;
+        /* Checked by start_response; the list may have changed since. */
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "response_headers changed after start_response()");
+            goto fail;
+        }
+        if (latin1(PyTuple_GET_ITEM(pair, 0), "name", &kn, &n, &nl) < 0)
+            goto fail;
+        if (latin1(PyTuple_GET_ITEM(pair, 1), "value", &kv, &v, &vl) < 0) {
+            Py_XDECREF(kn);
+            goto fail;
+        }
+        int r = ymo_http_response_header(c, n, nl, v, vl);
+        Py_XDECREF(kn);
+        Py_XDECREF(kv);
+        if (r == YMO_E_NOMEM)
+            goto nomem;
+        if (r < 0) {
+            PyErr_Format(PyExc_ValueError, "invalid response header %R", pair);
+            goto fail;
+        }
+    }
+    if (ymo_http_response_end_head(c, known_len) < 0)
+        goto nomem;
+    rq->head_sent = 1;
+    return 0;
+nomem:
+    PyErr_NoMemory();
+fail:
+    ymo_outq_rollback(&c->out, &mark);
+    memset(ymo_http_response(c), 0, sizeof(ymo_http_response_t));
+    return -1;
+}
+
+/* Queue one body chunk (a bytes object, referenced). */
+static int send_chunk(YmoWSGIRequestObject *rq, PyObject *chunk)
+{
+    if (!PyBytes_Check(chunk)) {
+        PyErr_Format(PyExc_TypeError, "the response body must be bytes, not %.100s (PEP 3333)",
+                     Py_TYPE(chunk)->tp_name);
+        return -1;
+    }
+    Py_ssize_t len = PyBytes_GET_SIZE(chunk);
+    if (len == 0)
+        return 0;
+    if (!rq->head_sent && send_head(rq, -1) < 0)
+        return -1;
+    int r = ymo_http_response_body(rq->conn, PyBytes_AS_STRING(chunk), (size_t)len,
+                                   Py_NewRef(chunk));
+    if (r == YMO_E_BAD_CONTENT_LENGTH)
+        return 0;   /* past Content-Length: cut, and the connection closes */
+    if (r < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return ymo__py_backpressure(rq->server, rq->conn);
+}
+
+static PyObject *req_write(YmoWSGIRequestObject *rq, PyObject *data)
+{
+    if (req_live(rq) < 0)
+        return NULL;
+    if (rq->status == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "write() before start_response()");
+        return NULL;
+    }
+    if (send_chunk(rq, data) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static void req_dealloc(YmoWSGIRequestObject *rq)
+{
+    PyTypeObject *tp = Py_TYPE(rq);
+    Py_XDECREF(rq->status);
+    Py_XDECREF(rq->headers);
+    tp->tp_free(rq);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef req_methods[] = {
+    {"write", (PyCFunction)req_write, METH_O, "write(data): the PEP 3333 write() callable."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot req_slots[] = {
+    {Py_tp_doc, "The start_response callable of one WSGI request."},
+    {Py_tp_dealloc, req_dealloc},
+    {Py_tp_call, req_call},
+    {Py_tp_methods, req_methods},
+    {0, NULL},
+};
+
+static PyType_Spec req_spec = {
+    .name = "yimmo.StartResponse",
+    .basicsize = sizeof(YmoWSGIRequestObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = req_slots,
+};
+
+/* --- wsgi.input ----------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    YmoWSGIRequestObject *rq;   /* strong */
+    int eof;
+} YmoInputObject;
+
+/* Next run of body bytes, at most max; 0 at the end. The pointer is valid
+ * until the next call. -1 with an exception set on failure. */
+static Py_ssize_t input_next(YmoInputObject *in, const char **data, size_t max)
+{
+    YmoWSGIRequestObject *rq = in->rq;
+    if (in->eof)
+        return 0;
+    if (rq->conn == NULL) {
+        PyErr_SetString(PyExc_ValueError, "wsgi.input read after the request ended");
+        return -1;
+    }
+    if (rq->conn->flags & YMO_CONN_CLOSED) {
+        PyErr_SetString(PyExc_ConnectionError, "the client went away");
+        return -1;
+    }
+    ssize_t n;
+    YMO_BLOCKING(rq->server, n = ymo_http_body_stream(rq->conn, data, max));
+    if (n == 0)
+        in->eof = 1;
+    if (n < 0) {
+        in->eof = 1;
+        PyErr_Format(PyExc_ConnectionError, "the request body could not be read: %s",
+                     ymo_strerror((int)n));
+        return -1;
+    }
+    return n;
+}
+
+static Py_ssize_t size_arg(PyObject *const *args, Py_ssize_t nargs, const char *fn)
+{
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most one argument", fn);
+        return -2;
+    }
+    if (nargs == 0 || args[0] == Py_None)
+        return -1;
+    Py_ssize_t n = PyNumber_AsSsize_t(args[0], PyExc_OverflowError);
+    if (n == -1 && PyErr_Occurred())
+        return -2;
+    return n < 0 ? -1 : n;
+}
+
+/* Read up to size bytes (all with size < 0), stopping after a newline when
+ * line is set. */
+static PyObject *input_read_impl(YmoInputObject *in, Py_ssize_t size, int line)
+{
+    PyObject *out = NULL;       /* bytearray once more than one run is needed */
+    PyObject *first = NULL;
+    for (;;) {
+        size_t want = size < 0 ? (size_t)1 << 30 : (size_t)size;
+        if (out != NULL)
+            want -= (size_t)PyByteArray_GET_SIZE(out);
+        else if (first != NULL)
+            want -= (size_t)PyBytes_GET_SIZE(first);
+        if (size >= 0 && want == 0)
+            break;
+        const char *data;
+        Py_ssize_t n = input_next(in, &data, want);
+        if (n < 0)
+            goto error;
+        if (n == 0)
+            break;
+        int done = 0;
+        if (line) {
+            const char *nl = memchr(data, '\n', (size_t)n);
+            if (nl != NULL) {
+                Py_ssize_t keep = nl - data + 1;
+                ymo_http_body_unread(in->rq->conn, (size_t)(n - keep));
+                n = keep;
+                done = 1;
+            }
+        }
+        if (first == NULL && out == NULL) {
+            first = PyBytes_FromStringAndSize(data, n);
+            if (first == NULL)
+                goto error;
+        } else {
+            if (out == NULL) {
+                out = PyByteArray_FromObject(first);
+                Py_CLEAR(first);
+                if (out == NULL)
+                    goto error;
+            }
+            Py_ssize_t old = PyByteArray_GET_SIZE(out);
+            if (PyByteArray_Resize(out, old + n) < 0)
+                goto error;
+            memcpy(PyByteArray_AS_STRING(out) + old, data, (size_t)n);
+        }
+        if (done)
+            break;
+    }
+    if (out != NULL) {
+        PyObject *b = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(out),
+                                                PyByteArray_GET_SIZE(out));
+        Py_DECREF(out);
+        return b;
+    }
+    if (first != NULL)
+        return first;
+    return PyBytes_FromStringAndSize("", 0);
+error:
+    Py_XDECREF(out);
+    Py_XDECREF(first);
+    return NULL;
+}
+
+static PyObject *input_read(YmoInputObject *in, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t size = size_arg(args, nargs, "read");
+    if (size == -2)
+        return NULL;
+    return input_read_impl(in, size, 0);
+}
+
+static PyObject *input_readline(YmoInputObject *in, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t size = size_arg(args, nargs, "readline");
+    if (size == -2)
+        return NULL;
+    return input_read_impl(in, size, 1);
+}
+
+static PyObject *input_readlines(YmoInputObject *in, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t hint = size_arg(args, nargs, "readlines");
+    if (hint == -2)
+        return NULL;
+    PyObject *lines = PyList_New(0);
+    if (lines == NULL)
+        return NULL;
+    Py_ssize_t total = 0;
+    for (;;) {
+        PyObject *line = input_read_impl(in, -1, 1);
+        if (line == NULL) {
+            Py_DECREF(lines);
+            return NULL;
+        }
+        Py_ssize_t n = PyBytes_GET_SIZE(line);
+        if (n == 0) {
+            Py_DECREF(line);
+            break;
+        }
+        int r = PyList_Append(lines, line);
+        Py_DECREF(line);
+        if (r < 0) {
+            Py_DECREF(lines);
+            return NULL;
+        }
+        total += n;
+        if (hint > 0 && total >= hint)
+            break;
+    }
+    return lines;
+}
+
+static PyObject *input_iternext(YmoInputObject *in)
+{
+    PyObject *line = input_read_impl(in, -1, 1);
+    if (line != NULL && PyBytes_GET_SIZE(line) == 0) {
+        Py_DECREF(line);
+        return NULL;    /* StopIteration */
+    }
+    return line;
+}
+
+static void input_dealloc(YmoInputObject *in)
+{
+    PyTypeObject *tp = Py_TYPE(in);
+    Py_XDECREF(in->rq);
+    tp->tp_free(in);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef input_methods[] = {
+    {"read", (PyCFunction)(void (*)(void))input_read, METH_FASTCALL,
+     "read(size=-1): up to size bytes of the body (all of it by default)."},
+    {"readline", (PyCFunction)(void (*)(void))input_readline, METH_FASTCALL,
+     "readline(size=-1): one line, at most size bytes."},
+    {"readlines", (PyCFunction)(void (*)(void))input_readlines, METH_FASTCALL,
+     "readlines(hint=-1): the remaining lines."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot input_slots[] = {
+    {Py_tp_doc, "wsgi.input: the request body, read from the connection as it arrives."},
+    {Py_tp_dealloc, input_dealloc},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, input_iternext},
+    {Py_tp_methods, input_methods},
+    {0, NULL},
+};
+
+static PyType_Spec input_spec = {
+    .name = "yimmo.InputStream",
+    .basicsize = sizeof(YmoInputObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = input_slots,
+};
+
+/* --- The environ ---------------------------------------------------------- */
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* PATH_INFO: the path percent-decoded, as latin-1 (PEP 3333). */
+static PyObject *decode_path(const char *p, size_t len)
+{
+    if (memchr(p, '%', len) == NULL)
+        return PyUnicode_DecodeLatin1(p, (Py_ssize_t)len, NULL);
+    char stack[1024] = {0};
+    char *buf = len <= sizeof(stack) ? stack : PyMem_Malloc(len);
+    if (buf == NULL)
+        return PyErr_NoMemory();
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        int h, l;
+        if (p[i] == '%' && i + 2 < len && (h = hexval(p[i + 1])) >= 0
+            && (l = hexval(p[i + 2])) >= 0) {
+            buf[o++] = (char)(h * 16 + l);
+            i += 2;
+        } else {
+            buf[o++] = p[i];
+        }
+    }
+    PyObject *r = PyUnicode_DecodeLatin1(buf, (Py_ssize_t)o, NULL);
+    if (buf != stack)
+        PyMem_Free(buf);
+    return r;
+}
+
+static int set_item(PyObject *env, PyObject *key, PyObject *value)
+{
+    if (value == NULL)
+        return -1;
+    int r = PyDict_SetItem(env, key, value);
+    Py_DECREF(value);
+    return r;
+}
+
+/* The HTTP_* key for a lowercased header name; NULL with no exception for a
+ * name holding '_' (it could pose as another header once mapped). */
+static PyObject *header_key(ymo_py_state *st, const char *n, size_t len)
+{
+    for (int i = 0; i < YMO_WSGI_COMMON_HEADERS; i++) {
+        const char *c = common_headers[i];
+        if (c[0] == n[0] && strlen(c) == len && memcmp(c, n, len) == 0)
+            return Py_NewRef(st->wsgi_header_keys[i]);
+    }
+    char stack[256];
+    char *buf = len + 5 <= sizeof(stack) ? stack : PyMem_Malloc(len + 5);
+    if (buf == NULL)
+        return PyErr_NoMemory();
+    memcpy(buf, "HTTP_", 5);
+    for (size_t i = 0; i < len; i++) {
+        char ch = n[i];
+        if (ch == '_') {
+            if (buf != stack)
+                PyMem_Free(buf);
+            return NULL;
+        }
+        buf[5 + i] = ch == '-' ? '_' : (ch >= 'a' && ch <= 'z') ? (char)(ch - 32) : ch;
+    }
+    PyObject *k = PyUnicode_DecodeLatin1(buf, (Py_ssize_t)(len + 5), NULL);
+    if (buf != stack)
+        PyMem_Free(buf);
+    return k;
+}
+
+static int add_header(ymo_py_state *st, PyObject *env, const char *base,
+                      const ymo_http_header_t *h)
+{
+    const char *n = base + h->name.off;
+    PyObject *key;
+    if (h->id == YMO_HDR_CONTENT_TYPE)
+        key = Py_NewRef(st->wsgi_keys[WK_CONTENT_TYPE]);
+    else if (h->id == YMO_HDR_CONTENT_LENGTH)
+        key = Py_NewRef(st->wsgi_keys[WK_CONTENT_LENGTH]);
+    else if ((key = header_key(st, n, h->name.len)) == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *value = PyUnicode_DecodeLatin1(base + h->value.off, h->value.len, NULL);
+    if (value == NULL) {
+        Py_DECREF(key);
+        return -1;
+    }
+    PyObject *old = PyDict_GetItemWithError(env, key);     /* borrowed */
+    if (old != NULL) {
+        /* RFC 9110 5.3: repeated fields combine with commas; cookies with
+         * "; " (RFC 6265 5.4). */
+        const char *sep = (h->name.len == 6 && memcmp(n, "cookie", 6) == 0) ? "; " : ",";
+        PyObject *joined = PyUnicode_FromFormat("%U%s%U", old, sep, value);
+        Py_DECREF(value);
+        value = joined;
+    } else if (PyErr_Occurred()) {
+        Py_DECREF(value);
+        value = NULL;
+    }
+    int r = set_item(env, key, value);
+    Py_DECREF(key);
+    return r;
+}
+
+static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *input)
+{
+    ymo_py_state *st = srv->st;
+    PyObject **K = st->wsgi_keys;
+    const char *base;
+    const ymo_http_parser_t *p = ymo_http_request(c, &base);
+    PyObject *env = _PyDict_NewPresized(24);
+    if (env == NULL)
+        return NULL;
+
+    if (set_item(env, K[WK_REQUEST_METHOD],
+                 ymo__py_method_str(st, base + p->method.off, p->method.len)) < 0
+        || PyDict_SetItem(env, K[WK_SCRIPT_NAME], srv->script_name) < 0
+        || set_item(env, K[WK_PATH_INFO], decode_path(base + p->path.off, p->path.len)) < 0
+        || set_item(env, K[WK_QUERY_STRING],
+                    (p->flags & YMO_HTTP_F_HAS_QUERY)
+                        ? PyUnicode_DecodeLatin1(base + p->query.off, p->query.len, NULL)
+                        : Py_NewRef(st->str_empty)) < 0
+        || set_item(env, K[WK_RAW_URI],
+                    PyUnicode_DecodeLatin1(base + p->target.off, p->target.len, NULL)) < 0
+        || PyDict_SetItem(env, K[WK_SERVER_PROTOCOL],
+                          p->version_minor == 0 ? st->str_http10 : st->str_http11) < 0)
+        goto error;
+
+    const ymo_http_header_t *host = NULL;
+    for (uint32_t i = 0; i < p->nheaders; i++) {
+        const ymo_http_header_t *h = &p->headers[i];
+        if (h->id == YMO_HDR_HOST && host == NULL)
+            host = h;
+        if (add_header(st, env, base, h) < 0)
+            goto error;
+    }
+
+    /* SERVER_NAME and SERVER_PORT from Host when there is one. */
+    if (host != NULL && host->value.len > 0) {
+        const char *hv = base + host->value.off;
+        size_t hl = host->value.len, colon = hl;
+        if (hv[0] == '[') {
+            const char *rb = memchr(hv, ']', hl);
+            if (rb != NULL && (size_t)(rb - hv) + 1 < hl && rb[1] == ':')
+                colon = (size_t)(rb - hv) + 1;
+        } else {
+            const char *cp = memchr(hv, ':', hl);
+            if (cp != NULL)
+                colon = (size_t)(cp - hv);
+        }
+        if (set_item(env, K[WK_SERVER_NAME], PyUnicode_DecodeLatin1(hv, (Py_ssize_t)colon, NULL)) < 0)
+            goto error;
+        if (colon < hl) {
+            if (set_item(env, K[WK_SERVER_PORT],
+                         PyUnicode_DecodeLatin1(hv + colon + 1, (Py_ssize_t)(hl - colon - 1), NULL)) < 0)
+                goto error;
+        } else {
+            int https = PyUnicode_CompareWithASCIIString(srv->url_scheme, "https") == 0;
+            if (set_item(env, K[WK_SERVER_PORT], PyUnicode_FromString(https ? "443" : "80")) < 0)
+                goto error;
+        }
+    } else if (PyDict_SetItem(env, K[WK_SERVER_NAME], srv->server_name) < 0
+               || PyDict_SetItem(env, K[WK_SERVER_PORT], srv->server_port) < 0) {
+        goto error;
+    }
+
+    char addr[INET6_ADDRSTRLEN] = "";
+    int port = 0;
+    if (c->peer.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&c->peer;
+        inet_ntop(AF_INET, &a->sin_addr, addr, sizeof(addr));
+        port = ntohs(a->sin_port);
+    } else if (c->peer.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&c->peer;
+        inet_ntop(AF_INET6, &a->sin6_addr, addr, sizeof(addr));
+        port = ntohs(a->sin6_port);
+    }
+    if (set_item(env, K[WK_REMOTE_ADDR], PyUnicode_FromString(addr)) < 0
+        || set_item(env, K[WK_REMOTE_PORT], PyUnicode_FromFormat("%d", port)) < 0)
+        goto error;
+
+    PyObject *errors = PySys_GetObject("stderr");   /* borrowed */
+    if (PyDict_SetItem(env, K[WK_WSGI_VERSION], st->wsgi_version) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_URL_SCHEME], srv->url_scheme) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_INPUT], input) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_ERRORS], errors ? errors : Py_None) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_MULTITHREAD], Py_False) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_MULTIPROCESS], srv->multiprocess ? Py_True : Py_False) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_RUN_ONCE], Py_False) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_INPUT_TERMINATED], Py_True) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_FILE_WRAPPER], srv->file_wrapper) < 0)
+        goto error;
+    return env;
+error:
+    Py_DECREF(env);
+    return NULL;
+}
+
+/* --- Running the application -------------------------------------------- */
+
+static double now_monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A list or tuple of bytes: its total length, or -1 when it is not that. */
+static int64_t sequence_length(PyObject *result)
+{
+    if (!PyList_CheckExact(result) && !PyTuple_CheckExact(result))
+        return -1;
+    PyObject *seq = result;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int64_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(b))
+            return -1;
+        total += PyBytes_GET_SIZE(b);
+    }
+    return total;
+}
+
+static int send_result(YmoWSGIRequestObject *rq, PyObject *result)
+{
+    int64_t known = rq->head_sent ? -1 : sequence_length(result);
+    if (known >= 0) {
+        /* The whole body is here: frame it with Content-Length and send
+         * the head with it. */
+        if (send_head(rq, known) < 0)
+            return -1;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(result);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (send_chunk(rq, PySequence_Fast_GET_ITEM(result, i)) < 0)
+                return -1;
+        }
+        return 0;
+    }
+    PyObject *it = PyObject_GetIter(result);
+    if (it == NULL)
+        return -1;
+    PyObject *chunk;
+    while ((chunk = PyIter_Next(it)) != NULL) {
+        int r = send_chunk(rq, chunk);
+        Py_DECREF(chunk);
+        if (r < 0) {
+            Py_DECREF(it);
+            return -1;
+        }
+        if (rq->conn->flags & YMO_CONN_CLOSED)
+            break;      /* the client left: stop producing */
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return -1;
+    if (!rq->head_sent && send_head(rq, 0) < 0)
+        return -1;
+    return 0;
+}
+
+static void simple_500(ymo_conn_t *c)
+{
+    static const char text[] = "Internal Server Error\n";
+    static const char ct[] = "text/plain; charset=utf-8";
+    ymo_http_response_t *resp = ymo_http_response(c);
+    memset(resp, 0, sizeof(*resp));
+    if (ymo_http_response_begin(c, 500) < 0
+        || ymo_http_response_header(c, "Content-Type", 12, ct, sizeof(ct) - 1) < 0
+        || ymo_http_response_end_head(c, (int64_t)sizeof(text) - 1) < 0
+        || ymo_http_response_body(c, text, sizeof(text) - 1, NULL) < 0
+        || ymo_http_response_finish(c) < 0)
+        resp->flags |= YMO_RESP_CLOSE;
+}
+
+static void log_access(YmoServerObject *srv, PyObject *env, YmoWSGIRequestObject *rq,
+                       ymo_conn_t *c, double started)
+{
+    ymo_http_response_t *resp = ymo_http_response(c);
+    PyObject *status = rq->status && rq->head_sent ? Py_NewRef(rq->status)
+                                                  : PyUnicode_FromFormat("%d", resp->status);
+    PyObject *headers = rq->headers && rq->head_sent ? Py_NewRef(rq->headers) : PyList_New(0);
+    PyObject *r = NULL;
+    if (status != NULL && headers != NULL)
+        r = PyObject_CallFunction(srv->access_log, "OOOKd", env, status, headers,
+                                  (unsigned long long)resp->sent, now_monotonic() - started);
+    if (r == NULL)
+        ymo__py_log_exception(srv->st, "exception in access_log");
+    Py_XDECREF(r);
+    Py_XDECREF(status);
+    Py_XDECREF(headers);
+}
+
+void ymo__py_wsgi_run(YmoServerObject *srv, ymo_conn_t *c)
+{
+    ymo_py_state *st = srv->st;
+    double started = srv->access_log ? now_monotonic() : 0;
+    PyObject *env = NULL, *result = NULL;
+    YmoInputObject *in = NULL;
+    YmoWSGIRequestObject *rq = PyObject_New(YmoWSGIRequestObject, st->wsgi_request_type);
+    if (rq == NULL)
+        goto nomem;
+    rq->conn = c;
+    rq->server = srv;
+    rq->status = rq->headers = NULL;
+    rq->code = rq->head_sent = rq->app_length = 0;
+    in = PyObject_New(YmoInputObject, st->input_type);
+    if (in == NULL)
+        goto nomem;
+    in->rq = (YmoWSGIRequestObject *)Py_NewRef(rq);
+    in->eof = 0;
+    env = build_environ(srv, c, (PyObject *)in);
+    if (env == NULL)
+        goto nomem;
+
+    PyObject *args[2] = {env, (PyObject *)rq};
+    result = PyObject_Vectorcall(srv->handler, args, 2, NULL);
+    int failed = result == NULL || send_result(rq, result) < 0;
+    if (failed) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            /* KeyboardInterrupt, SystemExit: stop, re-raise from run(). */
+            if (srv->parked == NULL)
+                srv->parked = PyErr_GetRaisedException();
+            else
+                PyErr_Clear();
+            ymo_server_stop(&srv->srv, 2.0);
+        } else if (PyErr_ExceptionMatches(PyExc_ConnectionError)
+                   && (c->flags & YMO_CONN_CLOSED)) {
+            PyErr_Clear();      /* the client left; nothing to report */
+        } else {
+            ymo__py_log_exception(st, "Error handling request");
+        }
+    }
+    if (result != NULL) {
+        /* PEP 3333: close() is called however the iteration ended. */
+        PyObject *saved = PyErr_GetRaisedException();
+        if (!PyList_CheckExact(result) && !PyTuple_CheckExact(result)
+            && !PyBytes_CheckExact(result)) {
+            PyObject *close = PyObject_GetAttrString(result, "close");
+            if (close != NULL) {
+                PyObject *r = PyObject_CallNoArgs(close);
+                if (r == NULL)
+                    ymo__py_log_exception(st, "exception in the response's close()");
+                Py_XDECREF(r);
+                Py_DECREF(close);
+            } else {
+                PyErr_Clear();
+            }
+        }
+        PyErr_SetRaisedException(saved);
+        Py_DECREF(result);
+    }
+    if (!(c->flags & YMO_CONN_CLOSED)) {
+        ymo_http_response_t *resp = ymo_http_response(c);
+        if (failed && !rq->head_sent && !(resp->flags & YMO_RESP_FINISHED))
+            simple_500(c);
+        else if (failed)
+            resp->flags |= YMO_RESP_CLOSE;      /* cut the response short */
+        else if (!(resp->flags & YMO_RESP_FINISHED) && ymo_http_response_finish(c) < 0)
+            resp->flags |= YMO_RESP_CLOSE;      /* shorter than Content-Length */
+    }
+    if (srv->access_log != NULL)
+        log_access(srv, env, rq, c, started);
+    rq->conn = NULL;
+    Py_DECREF(env);
+    Py_DECREF(in);
+    Py_DECREF(rq);
+    return;
+nomem:
+    ymo__py_log_exception(st, "could not set up a WSGI request");
+    Py_XDECREF(in);
+    if (rq != NULL)
+        rq->conn = NULL;
+    Py_XDECREF(rq);
+    ymo_http_respond_error(c, 503, "out of memory");
+}
+
+/* --- Module set-up ---------------------------------------------------------- */
+
+int ymo__py_wsgi_init(PyObject *module, ymo_py_state *st)
+{
+    for (int i = 0; i < WK__COUNT; i++) {
+        st->wsgi_keys[i] = PyUnicode_InternFromString(wsgi_key_names[i]);
+        if (st->wsgi_keys[i] == NULL)
+            return -1;
+    }
+    for (int i = 0; i < YMO_WSGI_COMMON_HEADERS; i++) {
+        const char *n = common_headers[i];
+        char buf[64] = "HTTP_";
+        size_t len = strlen(n);
+        for (size_t j = 0; j < len; j++)
+            buf[5 + j] = n[j] == '-' ? '_' : (char)(n[j] >= 'a' && n[j] <= 'z' ? n[j] - 32 : n[j]);
+        buf[5 + len] = '\0';
+        st->wsgi_header_keys[i] = PyUnicode_InternFromString(buf);
+        if (st->wsgi_header_keys[i] == NULL)
+            return -1;
+    }
+    st->wsgi_version = Py_BuildValue("(ii)", 1, 0);
+    if (st->wsgi_version == NULL)
+        return -1;
+    st->wsgi_request_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &req_spec, NULL);
+    if (st->wsgi_request_type == NULL)
+        return -1;
+    st->input_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &input_spec, NULL);
+    if (st->input_type == NULL)
+        return -1;
+    return 0;
+}
+
+int ymo__py_wsgi_traverse(ymo_py_state *st, visitproc visit, void *arg)
+{
+    Py_VISIT(st->wsgi_request_type);
+    Py_VISIT(st->input_type);
+    return 0;
+}
+
+void ymo__py_wsgi_clear(ymo_py_state *st)
+{
+    for (int i = 0; i < WK__COUNT; i++)
+        Py_CLEAR(st->wsgi_keys[i]);
+    for (int i = 0; i < YMO_WSGI_COMMON_HEADERS; i++)
+        Py_CLEAR(st->wsgi_header_keys[i]);
+    Py_CLEAR(st->wsgi_version);
+    Py_CLEAR(st->wsgi_request_type);
+    Py_CLEAR(st->input_type);
+}

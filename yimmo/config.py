@@ -1,0 +1,513 @@
+"""The settings of `yimmo-wsgi`: one table, read from four places.
+
+Every option is defined once, in OPTIONS below: its name (also its key in a
+TOML config file), its command-line flags (gunicorn's spelling), its
+environment variable (``YIMMO_`` + the name in capitals), its type, default,
+help text and validator. The CLI, the environment reader, the config-file
+reader, ``--print-config`` and docs/wsgi.md all come from this table.
+
+Precedence, highest first: command line > environment > config file >
+default. A default may itself come from the environment when the platform
+sets it (``$PORT`` for bind, ``$WEB_CONCURRENCY`` for workers); such a
+default still ranks below a config file.
+
+Errors are ConfigError with a one-line message naming where the bad value
+came from (flag, variable or file key).
+"""
+import argparse
+import os
+import re
+import sys
+
+try:
+    import tomllib
+except ImportError:  # pragma: no cover - Python 3.11+ is required.
+    tomllib = None
+
+__all__ = ["ConfigError", "Option", "OPTIONS", "Settings", "parse_bind", "build_parser",
+           "load", "DEFAULT_ACCESS_LOG_FORMAT"]
+
+DEFAULT_ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+ENV_PREFIX = "YIMMO_"
+
+
+class ConfigError(Exception):
+    """A bad flag, variable, file or value: the message is one line for the user."""
+
+
+# --- Value converters and validators ------------------------------------------
+# A converter turns a string (from the command line or the environment) or a
+# TOML value into the option's type, raising ValueError with a short reason.
+
+def _to_int(v):
+    if isinstance(v, bool):
+        raise ValueError("expected an integer, got %r" % (v,))
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str):
+        try:
+            return int(v.strip(), 10)
+        except ValueError:
+            pass
+    raise ValueError("expected an integer, got %r" % (v,))
+
+
+def _to_float(v):
+    if isinstance(v, bool):
+        raise ValueError("expected a number, got %r" % (v,))
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.strip())
+        except ValueError:
+            pass
+    raise ValueError("expected a number, got %r" % (v,))
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _to_bool(v):
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in _TRUE | _FALSE:
+        return v.strip().lower() in _TRUE
+    raise ValueError("expected true or false, got %r" % (v,))
+
+
+def _to_str(v):
+    if isinstance(v, str):
+        return v
+    raise ValueError("expected a string, got %r" % (v,))
+
+
+def _to_opt_str(v):
+    if v is None:
+        return None
+    return _to_str(v)
+
+
+def _to_str_list(v):
+    """A list of strings. From the environment: separated by commas or spaces."""
+    if isinstance(v, str):
+        items = [s for s in re.split(r"[\s,]+", v) if s]
+        if not items:
+            raise ValueError("expected at least one value")
+        return items
+    if isinstance(v, list) and v and all(isinstance(s, str) for s in v):
+        return list(v)
+    raise ValueError("expected a string or a non-empty list of strings, got %r" % (v,))
+
+
+def _at_least(n):
+    def check(v):
+        if v < n:
+            raise ValueError("must be >= %s, got %s" % (n, v))
+    return check
+
+
+def _positive(v):
+    if not v > 0:
+        raise ValueError("must be > 0, got %s" % (v,))
+
+
+def _choice(*choices):
+    def check(v):
+        if v not in choices:
+            raise ValueError("must be one of %s, got %r" % (", ".join(choices), v))
+    return check
+
+
+def _check_binds(v):
+    for spec in v:
+        parse_bind(spec)
+
+
+def _check_format(v):
+    # A format gunicorn accepts: %(atom)s pieces; literal % as %%.
+    try:
+        v % _AnyAtoms()
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError("not a valid log format (%s)" % (e,)) from None
+
+
+class _AnyAtoms(dict):
+    def __missing__(self, key):
+        return "-"
+
+
+# --- Bind addresses -----------------------------------------------------------
+
+class Bind:
+    """A parsed --bind value: kind is 'tcp', 'unix' or 'fd'."""
+
+    __slots__ = ("spec", "kind", "host", "port", "path", "fd")
+
+    def __init__(self, spec, kind, host=None, port=None, path=None, fd=None):
+        self.spec, self.kind, self.host, self.port, self.path, self.fd = spec, kind, host, port, path, fd
+
+    def __repr__(self):
+        return "Bind(%r)" % (self.spec,)
+
+
+_PORT_RE = re.compile(r"^[0-9]{1,5}$")
+
+
+def _port(spec, s):
+    if not _PORT_RE.match(s) or int(s) > 65535:
+        raise ValueError("bad port %r in bind address %r" % (s, spec))
+    return int(s)
+
+
+def parse_bind(spec):
+    """HOST:PORT, HOST (port 8000), [IPv6]:PORT, :PORT (all IPv4), unix:PATH, fd://N."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("empty bind address")
+    s = spec.strip()
+    if s.startswith("unix:"):
+        path = s[5:]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            raise ValueError("bind address %r has no path" % (spec,))
+        return Bind(spec, "unix", path=path)
+    if s.startswith("fd://"):
+        n = s[5:]
+        if not n.isdigit():
+            raise ValueError("bind address %r: fd:// takes a file descriptor number" % (spec,))
+        return Bind(spec, "fd", fd=int(n))
+    if s.startswith("["):
+        end = s.find("]")
+        if end < 0:
+            raise ValueError("bind address %r: missing ']'" % (spec,))
+        host, rest = s[1:end], s[end + 1:]
+        if not host:
+            raise ValueError("bind address %r has an empty IPv6 host" % (spec,))
+        if rest == "":
+            return Bind(spec, "tcp", host=host, port=8000)
+        if not rest.startswith(":"):
+            raise ValueError("bind address %r: expected ':PORT' after ']'" % (spec,))
+        return Bind(spec, "tcp", host=host, port=_port(spec, rest[1:]))
+    if s.count(":") > 1:
+        raise ValueError("bind address %r: write IPv6 addresses as [ADDR]:PORT" % (spec,))
+    host, sep, port = s.partition(":")
+    if any(c.isspace() or c in "/[]" for c in host):
+        raise ValueError("bad host in bind address %r" % (spec,))
+    return Bind(spec, "tcp", host=host or "0.0.0.0", port=_port(spec, port) if sep else 8000)
+
+
+# --- The table ----------------------------------------------------------------
+
+class Option:
+    """One setting. flags=() means no command-line flag of its own."""
+
+    __slots__ = ("name", "flags", "convert", "default", "help", "validate", "metavar", "kind",
+                 "section", "maps_to")
+
+    def __init__(self, name, flags, convert, default, help, validate=None, metavar=None,
+                 kind="value", section="server", maps_to=None):
+        self.name = name
+        self.flags = flags
+        self.convert = convert
+        self.default = default      # a value, or a callable(environ) -> value
+        self.help = help
+        self.validate = validate
+        self.metavar = metavar
+        self.kind = kind            # value | append | flag | action
+        self.section = section
+        self.maps_to = maps_to      # the WSGIServer keyword it feeds, for the docs
+
+    @property
+    def env(self):
+        return ENV_PREFIX + self.name.upper()
+
+    def default_value(self, environ):
+        return self.default(environ) if callable(self.default) else self.default
+
+    def check(self, raw):
+        """Convert and validate raw; ValueError with a reason on failure."""
+        value = self.convert(raw)
+        if self.validate is not None and value is not None:
+            self.validate(value)
+        return value
+
+
+def _default_bind(environ):
+    port = environ.get("PORT", "").strip()
+    if port:
+        return ["0.0.0.0:%s" % port]
+    return ["127.0.0.1:8000"]
+
+
+def _default_workers(environ):
+    wc = environ.get("WEB_CONCURRENCY", "").strip()
+    if wc:
+        try:
+            n = int(wc)
+        except ValueError:
+            raise ConfigError("WEB_CONCURRENCY=%r: expected an integer" % (wc,)) from None
+        if n < 1:
+            raise ConfigError("WEB_CONCURRENCY=%r: must be >= 1" % (wc,))
+        return n
+    return 1
+
+
+OPTIONS = [
+    Option("app", (), _to_opt_str, None,
+           "The WSGI application, 'MODULE:EXPRESSION' (the positional argument; "
+           "'MODULE' alone means 'MODULE:application', then 'MODULE:app').",
+           metavar="APP", section="app"),
+    Option("config", ("-c", "--config"), _to_opt_str, None,
+           "A TOML config file whose keys are option names.", metavar="FILE", section="config"),
+    Option("bind", ("-b", "--bind"), _to_str_list, _default_bind,
+           "Where to listen: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; repeat for several. "
+           "Default 127.0.0.1:8000, or 0.0.0.0:$PORT when $PORT is set.",
+           validate=_check_binds, metavar="ADDRESS", kind="append"),
+    Option("workers", ("-w", "--workers"), _to_int, _default_workers,
+           "Worker processes. Default $WEB_CONCURRENCY, or 1.",
+           validate=_at_least(1), metavar="INT", section="workers"),
+    Option("threads", ("--threads",), _to_int, 0,
+           "Application threads per worker; 0 runs the app on the event-loop thread.",
+           validate=_at_least(0), metavar="INT", section="workers", maps_to="threads"),
+    Option("timeout", ("-t", "--timeout"), _to_float, 30.0,
+           "Seconds a silent worker (event loop blocked, or still loading the app) lives before "
+           "it is killed and replaced; 0 disables.",
+           validate=_at_least(0), metavar="SECONDS", section="workers"),
+    Option("graceful_timeout", ("--graceful-timeout",), _to_float, 30.0,
+           "Seconds workers get to finish in-flight requests on TERM, INT or HUP before SIGKILL.",
+           validate=_at_least(0), metavar="SECONDS", section="workers"),
+    Option("keepalive", ("--keep-alive",), _to_float, 5.0,
+           "Seconds an idle keep-alive connection is kept open.",
+           validate=_positive, metavar="SECONDS", maps_to="keepalive_timeout"),
+    Option("preload", ("--preload",), _to_bool, False,
+           "Load the app in the manager before forking workers (faster boot, shared memory; "
+           "HUP then cannot pick up new code).", kind="flag", section="workers"),
+    Option("log_level", ("--log-level",), lambda v: _to_str(v).lower(), "info",
+           "Error log level: debug, info, warning, error or critical.",
+           validate=_choice(*LOG_LEVELS), metavar="LEVEL", section="logging"),
+    Option("error_logfile", ("--error-logfile", "--log-file"), _to_str, "-",
+           "Error log file; '-' is stderr.", metavar="FILE", section="logging"),
+    Option("access_logfile", ("--access-logfile",), _to_opt_str, None,
+           "Access log file; '-' is stdout. No access log by default.",
+           metavar="FILE", section="logging"),
+    Option("access_logformat", ("--access-logformat",), _to_str, DEFAULT_ACCESS_LOG_FORMAT,
+           "Access log line format, as gunicorn's: atoms h l u t r m U q H s B b f a T D M L p "
+           "and {header}i {header}o {variable}e.",
+           validate=_check_format, metavar="FORMAT", section="logging"),
+    Option("limit_request_line", ("--limit-request-line",), _to_int, 8192,
+           "Longest request line, in bytes (414 beyond).",
+           validate=_at_least(1), metavar="BYTES", section="limits", maps_to="max_request_line"),
+    Option("limit_request_fields", ("--limit-request-fields",), _to_int, 100,
+           "Most header fields in a request (431 beyond).",
+           validate=_at_least(1), metavar="INT", section="limits", maps_to="max_headers"),
+    Option("limit_request_field_size", ("--limit-request-field-size",), _to_int, 8192,
+           "Longest header field, in bytes (431 beyond).",
+           validate=_at_least(1), metavar="BYTES", section="limits", maps_to="max_header_size"),
+    Option("max_body_size", ("--max-body-size",), _to_int, 104857600,
+           "Largest request body, in bytes (413 beyond).",
+           validate=_at_least(1), metavar="BYTES", section="limits", maps_to="max_body_size"),
+    Option("backlog", ("--backlog",), _to_int, 2048,
+           "Listen queue length of each listening socket.",
+           validate=_at_least(1), metavar="INT", maps_to="backlog"),
+    Option("reuse_port", ("--reuse-port",), _to_bool, False,
+           "Set SO_REUSEPORT on the listening sockets.", kind="flag"),
+    Option("check_config", ("--check-config",), _to_bool, False,
+           "Load the config and the app, then exit (0 if both are good).",
+           kind="flag", section="actions"),
+    Option("print_config", ("--print-config",), _to_bool, False,
+           "Print the resolved settings and exit.", kind="flag", section="actions"),
+    Option("version", ("--version",), _to_bool, False,
+           "Print the version and exit.", kind="flag", section="actions"),
+]
+
+BY_NAME = {o.name: o for o in OPTIONS}
+# Options that make sense only on the command line (not in a file or the environment).
+CLI_ONLY = {"check_config", "print_config", "version", "config"}
+
+
+class Settings:
+    """The resolved settings: attribute per option, plus where each came from."""
+
+    def __init__(self, values, sources):
+        self.__dict__.update(values)
+        self._sources = sources
+
+    def source(self, name):
+        """'command line', 'environment (YIMMO_X)', 'config file (F)' or 'default'."""
+        return self._sources.get(name, "default")
+
+    def as_dict(self):
+        return {o.name: getattr(self, o.name) for o in OPTIONS}
+
+    @property
+    def binds(self):
+        return [parse_bind(s) for s in self.bind]
+
+
+# --- Command line -------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError("%s (see --help)" % (message,))
+
+
+def build_parser(prog="yimmo-wsgi"):
+    p = _Parser(
+        prog=prog, add_help=True,
+        usage="%(prog)s [OPTIONS] [APP]",
+        description="Serve a WSGI application with yimmo.",
+        epilog="Every option is also an environment variable (YIMMO_ + its name in capitals, "
+               "e.g. YIMMO_WORKERS) and a key of the config file. Precedence: command line > "
+               "environment > config file > default.",
+        argument_default=argparse.SUPPRESS)
+    p.add_argument("app", nargs="?", metavar="APP", help=BY_NAME["app"].help)
+    for o in OPTIONS:
+        if not o.flags:
+            continue
+        env = "" if o.name in CLI_ONLY and o.name != "config" else " [%s]" % o.env
+        if o.kind == "flag":
+            p.add_argument(*o.flags, dest=o.name, action="store_const", const=True,
+                           help=o.help + env)
+        elif o.kind == "append":
+            p.add_argument(*o.flags, dest=o.name, action="append", metavar=o.metavar,
+                           help=o.help + env)
+        else:
+            p.add_argument(*o.flags, dest=o.name, metavar=o.metavar, help=o.help + env)
+    return p
+
+
+def _flag_name(o):
+    return "/".join(o.flags) if o.flags else o.name
+
+
+# --- Config file --------------------------------------------------------------
+
+def read_file(path):
+    """The raw {option name: value} of a TOML file; ConfigError if unreadable or unknown keys."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("config file %s: not found" % (path,)) from None
+    except OSError as e:
+        raise ConfigError("config file %s: %s" % (path, e.strerror or e)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config file %s: invalid TOML: %s" % (path, e)) from None
+    out = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in BY_NAME or name in CLI_ONLY:
+            raise ConfigError("config file %s: unknown option %r" % (path, key))
+        out[name] = value
+    return out
+
+
+# --- Resolution ----------------------------------------------------------------
+
+def load(argv=None, environ=None, prog="yimmo-wsgi"):
+    """Resolve the settings from argv, environ and the config file; ConfigError if bad."""
+    environ = os.environ if environ is None else environ
+    argv = sys.argv[1:] if argv is None else argv
+    cli = vars(build_parser(prog).parse_args(argv))
+
+    values, sources = {}, {}
+    # 1. Defaults.
+    for o in OPTIONS:
+        values[o.name] = o.default_value(environ)
+
+    # 2. Config file: -c beats YIMMO_CONFIG.
+    path = cli.get("config")
+    where = "command line"
+    if path is None and environ.get(BY_NAME["config"].env):
+        path = environ[BY_NAME["config"].env]
+        where = "environment (%s)" % BY_NAME["config"].env
+    if path is not None:
+        values["config"], sources["config"] = path, where
+        for name, raw in read_file(path).items():
+            o = BY_NAME[name]
+            try:
+                values[name] = o.check(raw)
+            except ValueError as e:
+                raise ConfigError("config file %s: %s: %s" % (path, name, e)) from None
+            sources[name] = "config file"
+
+    # 3. Environment.
+    for o in OPTIONS:
+        if o.name in CLI_ONLY:
+            continue
+        raw = environ.get(o.env)
+        if raw is None or (raw == "" and o.kind != "flag"):
+            continue
+        try:
+            values[o.name] = o.check(raw)
+        except ValueError as e:
+            raise ConfigError("%s: %s" % (o.env, e)) from None
+        sources[o.name] = "environment"
+
+    # 4. Command line.
+    for name, raw in cli.items():
+        if name == "config":
+            continue
+        o = BY_NAME[name]
+        try:
+            values[name] = o.check(raw)
+        except ValueError as e:
+            raise ConfigError("%s: %s" % (_flag_name(o), e)) from None
+        sources[name] = "command line"
+
+    # Defaults are checked too: a bad $PORT must not slip through.
+    for o in OPTIONS:
+        if sources.get(o.name) is None and o.validate is not None and values[o.name] is not None:
+            try:
+                o.validate(values[o.name])
+            except ValueError as e:
+                raise ConfigError("default %s: %s" % (o.name, e)) from None
+    return Settings(values, sources)
+
+
+def format_settings(settings):
+    """The resolved settings as TOML lines (what --print-config shows)."""
+    lines = []
+    for o in OPTIONS:
+        if o.name in ("check_config", "print_config", "version"):
+            continue
+        v = getattr(settings, o.name)
+        lines.append("%s = %s  # %s" % (o.name, _toml_value(v), settings.source(o.name))
+                     if v is not None else "# %s = (unset)" % o.name)
+    return "\n".join(lines)
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return '"%s"' % s
+
+
+def options_table():
+    """A Markdown table of every option (docs/wsgi.md embeds this)."""
+    rows = ["| option (file key) | flags | environment | default | what |",
+            "| --- | --- | --- | --- | --- |"]
+    for o in OPTIONS:
+        if o.name == "bind":
+            default = "`127.0.0.1:8000`, or `0.0.0.0:$PORT`"
+        elif o.name == "workers":
+            default = "`$WEB_CONCURRENCY` or 1"
+        else:
+            d = o.default
+            default = "none" if d is None else "`%s`" % (
+                _toml_value(d) if not isinstance(d, str) else d.replace("|", "\\|"))
+        flags = ", ".join("`%s`" % f for f in o.flags) or "positional"
+        env = "" if o.name in CLI_ONLY and o.name != "config" else "`%s`" % o.env
+        what = o.help.replace("|", "\\|")
+        if o.maps_to:
+            what += " (WSGIServer `%s=`)" % o.maps_to
+        rows.append("| `%s` | %s | %s | %s | %s |" % (o.name, flags, env, default, what))
+    return "\n".join(rows)
