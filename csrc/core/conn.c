@@ -73,8 +73,15 @@ void ymo_conn_release_input(ymo_conn_t *c)
     }
 }
 
+/* While a worker thread owns a connection, the loop's watchers and lists
+ * are not touched from that thread: intents are recorded in flags and
+ * carried out at check-in, on the loop thread. */
+#define CHECKED_OUT(c) ((c)->flags & YMO_CONN_CHECKED_OUT)
+
 void ymo_conn_read_start(ymo_conn_t *c)
 {
+    if (CHECKED_OUT(c))
+        return;
     if (!(c->flags & (YMO_CONN_READING | YMO_CONN_CLOSED | YMO_CONN_EOF))) {
         ev_io_start(c->server->loop, &c->rio);
         c->flags |= YMO_CONN_READING;
@@ -83,6 +90,8 @@ void ymo_conn_read_start(ymo_conn_t *c)
 
 void ymo_conn_read_stop(ymo_conn_t *c)
 {
+    if (CHECKED_OUT(c))
+        return;
     if (c->flags & YMO_CONN_READING) {
         ev_io_stop(c->server->loop, &c->rio);
         c->flags &= ~YMO_CONN_READING;
@@ -91,7 +100,7 @@ void ymo_conn_read_stop(ymo_conn_t *c)
 
 void ymo_conn_timer(ymo_conn_t *c, double seconds)
 {
-    if (c->flags & YMO_CONN_CLOSED)
+    if (c->flags & (YMO_CONN_CLOSED | YMO_CONN_CHECKED_OUT))
         return;
     if (seconds <= 0) {
         ev_timer_stop(c->server->loop, &c->timer);
@@ -185,6 +194,8 @@ int ymo_conn_flush(ymo_conn_t *c)
 
     if (c->flags & YMO_CONN_CLOSED)
         return YMO_E_CLOSED;
+    if (CHECKED_OUT(c))
+        return 0;
     while (c->out.bytes > 0) {
         int n = ymo__outq_iov(&c->out, iov, YMO_IOV_MAX);
         ssize_t w = c->transport->writev(c, iov, n);
@@ -220,6 +231,8 @@ void ymo_conn_close_after_flush(ymo_conn_t *c)
     if (c->flags & (YMO_CONN_CLOSED | YMO_CONN_LINGERING))
         return;
     c->flags |= YMO_CONN_CLOSE_AFTER_FLUSH;
+    if (CHECKED_OUT(c))
+        return;
     ymo_conn_read_stop(c);
     if (c->out.bytes == 0)
         linger_start(c);
@@ -379,6 +392,10 @@ void ymo_conn_close(ymo_conn_t *c)
     if (c->flags & YMO_CONN_CLOSED)
         return;
     c->flags |= YMO_CONN_CLOSED;
+    if (CHECKED_OUT(c)) {
+        c->flags |= YMO_CONN_CLOSE_PENDING;
+        return;
+    }
     ev_io_stop(s->loop, &c->rio);
     ev_io_stop(s->loop, &c->wio);
     ev_timer_stop(s->loop, &c->timer);

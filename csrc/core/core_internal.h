@@ -29,6 +29,8 @@ extern const ymo_proto_t ymo__http_proto;
 void ymo__http_run(ymo_conn_t *c);
 /* Start serving HTTP on a new connection. */
 int ymo__http_attach(ymo_conn_t *c);
+/* A worker thread gave c back: finish its exchange on the loop. */
+void ymo__http_checkin(ymo_conn_t *c);
 /* True when the connection has no request in progress. */
 int ymo__http_idle(ymo_conn_t *c);
 

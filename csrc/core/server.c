@@ -67,21 +67,23 @@ static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
 
 const char *ymo_server_date(ymo_server_t *s, size_t *len)
 {
-    ev_tstamp now = ev_now(s->loop);
-    if ((time_t)now != (time_t)s->date_at || s->date_len == 0) {
-        time_t t = (time_t)now;
+    /* Per thread: worker threads write responses too. */
+    static _Thread_local time_t at;
+    static _Thread_local char line[40];
+    static _Thread_local size_t line_len;
+    time_t t = time(NULL);
+    if (t != at || line_len == 0) {
         struct tm tm;
         gmtime_r(&t, &tm);
         /* RFC 9110 5.6.7: IMF-fixdate. */
-        int n = snprintf(s->date, sizeof(s->date),
-                         "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n",
+        int n = snprintf(line, sizeof(line), "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n",
                          wdays[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
                          tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
-        s->date_len = n > 0 && (size_t)n < sizeof(s->date) ? (size_t)n : 0;
-        s->date_at = now;
+        line_len = n > 0 && (size_t)n < sizeof(line) ? (size_t)n : 0;
+        at = t;
     }
-    *len = s->date_len;
-    return s->date;
+    *len = line_len;
+    return line;
 }
 
 /* --- Header arrays ------------------------------------------------------- */
@@ -314,14 +316,63 @@ static void close_listeners(ymo_server_t *s)
     }
 }
 
+/* Close every connection; those a worker thread owns close when it gives
+ * them back. */
+static void close_all(ymo_server_t *s)
+{
+    ymo_conn_t *next;
+    s->stop_forced = 1;
+    for (ymo_conn_t *c = s->conns; c != NULL; c = next) {
+        next = c->next;
+        if (!(c->flags & YMO_CONN_CHECKED_OUT))
+            ymo_conn_close(c);
+    }
+}
+
 static void on_stop_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
     ymo_server_t *s = ymo_container_of(w, ymo_server_t, stop_timer);
     ymo__log(s, YMO_LOG_WARNING, "graceful stop timed out; closing %u connections",
              (unsigned)s->nconns);
-    while (s->conns != NULL)
-        ymo_conn_close(s->conns);
-    ev_break(loop, EVBREAK_ONE);
+    close_all(s);
+    if (s->nconns == 0)
+        ev_break(loop, EVBREAK_ONE);
+}
+
+void ymo_server_checkin(ymo_server_t *s, ymo_conn_t *c)
+{
+    pthread_mutex_lock(&s->checkin_lock);
+    c->next_ready = s->checkin_list;
+    s->checkin_list = c;
+    pthread_mutex_unlock(&s->checkin_lock);
+    ev_async_send(s->loop, &s->checkin_async);
+}
+
+static void on_checkin(struct ev_loop *loop, ev_async *w, int revents)
+{
+    ymo_server_t *s = ymo_container_of(w, ymo_server_t, checkin_async);
+    pthread_mutex_lock(&s->checkin_lock);
+    ymo_conn_t *list = s->checkin_list;
+    s->checkin_list = NULL;
+    pthread_mutex_unlock(&s->checkin_lock);
+    while (list != NULL) {
+        ymo_conn_t *c = list;
+        list = c->next_ready;
+        c->next_ready = NULL;
+        s->nchecked_out--;
+        ev_unref(loop);     /* taken at submit: the loop waits for workers */
+        c->flags &= ~YMO_CONN_CHECKED_OUT;
+        if (s->stopping)
+            c->flags |= YMO_CONN_DRAINING;
+        if (s->stop_forced)
+            c->flags |= YMO_CONN_CLOSED | YMO_CONN_CLOSE_PENDING;
+        if (c->flags & YMO_CONN_CLOSE_PENDING) {
+            c->flags &= ~(YMO_CONN_CLOSED | YMO_CONN_CLOSE_PENDING);
+            ymo_conn_close(c);
+            continue;
+        }
+        ymo__http_checkin(c);
+    }
 }
 
 void ymo__server_conn_idle(ymo_server_t *s, ymo_conn_t *c)
@@ -343,6 +394,8 @@ static void begin_stop(ymo_server_t *s)
     ymo_conn_t *next;
     for (ymo_conn_t *c = s->conns; c != NULL; c = next) {
         next = c->next;
+        if (c->flags & YMO_CONN_CHECKED_OUT)
+            continue;   /* a worker owns it; check-in applies the stop */
         c->flags |= YMO_CONN_DRAINING;
         if (ymo__http_idle(c) && c->out.bytes == 0)
             ymo_conn_close(c);
@@ -395,6 +448,10 @@ int ymo_server_init(ymo_server_t *s, const ymo_server_config_t *cfg,
     ev_async_start(s->loop, &s->wakeup);
     ev_unref(s->loop);
     ev_init(&s->stop_timer, on_stop_timeout);
+    pthread_mutex_init(&s->checkin_lock, NULL);
+    ev_async_init(&s->checkin_async, on_checkin);
+    ev_async_start(s->loop, &s->checkin_async);
+    ev_unref(s->loop);
     return 0;
 }
 
@@ -420,8 +477,9 @@ int ymo_server_run(ymo_server_t *s)
         }
         if (s->stopping) {
             /* Nothing left to wait on: close what remains. */
-            while (s->conns != NULL)
-                ymo_conn_close(s->conns);
+            close_all(s);
+            if (s->nconns > 0)
+                continue;   /* worker threads still own some */
         }
         break;
     }
@@ -435,8 +493,7 @@ done:
 void ymo_server_free(ymo_server_t *s)
 {
     if (s->loop != NULL) {
-        while (s->conns != NULL)
-            ymo_conn_close(s->conns);
+        close_all(s);
         ymo__conn_reap(s);
     }
     close_listeners(s);
@@ -455,6 +512,9 @@ void ymo_server_free(ymo_server_t *s)
         ev_prepare_stop(s->loop, &s->prepare);
         ev_ref(s->loop);
         ev_async_stop(s->loop, &s->wakeup);
+        ev_ref(s->loop);
+        ev_async_stop(s->loop, &s->checkin_async);
+        pthread_mutex_destroy(&s->checkin_lock);
         ev_idle_stop(s->loop, &s->idle);
         ev_loop_destroy(s->loop);
         s->loop = NULL;

@@ -294,6 +294,22 @@ void ymo__http_run(ymo_conn_t *c)
 {
     session_t *ss = SESSION(c);
     ymo_server_t *s = c->server;
+    if (s->hooks.submit != NULL) {
+        if (ss->state != S_READY || (c->flags & YMO_CONN_CLOSED))
+            return;
+        /* The worker takes the connection whole: earlier responses must
+         * be out first, so that only one thread writes. */
+        if (c->out.bytes > 0) {
+            c->flags |= YMO_CONN_WAIT_DRAIN;
+            return;
+        }
+        ss->state = S_RUNNING;
+        c->flags |= YMO_CONN_CHECKED_OUT;
+        s->nchecked_out++;
+        ev_ref(s->loop);
+        s->hooks.submit(s, c);
+        return;
+    }
     for (int i = 0; i < s->cfg.max_dispatch; i++) {
         if (ss->state != S_READY || (c->flags & YMO_CONN_CLOSED))
             return;
@@ -308,6 +324,22 @@ void ymo__http_run(ymo_conn_t *c)
     /* Still more pipelined requests: the next loop iteration takes them. */
     if (ss->state == S_READY)
         ymo_conn_make_ready(c);
+}
+
+void ymo__http_checkin(ymo_conn_t *c)
+{
+    session_t *ss = SESSION(c);
+    exchange_done(c, ss);
+    if (c->flags & YMO_CONN_CLOSE_AFTER_FLUSH) {
+        /* Recorded while checked out: carry it out now. */
+        c->flags &= ~YMO_CONN_CLOSE_AFTER_FLUSH;
+        ymo_conn_close_after_flush(c);
+    }
+    if (c->flags & YMO_CONN_CLOSED)
+        return;
+    if (ss->state == S_IDLE)
+        process(c);
+    ymo_conn_flush(c);
 }
 
 int ymo__http_idle(ymo_conn_t *c)
@@ -326,6 +358,12 @@ static void on_data(ymo_conn_t *c)
 static void on_drained(ymo_conn_t *c)
 {
     session_t *ss = SESSION(c);
+    if (c->flags & YMO_CONN_WAIT_DRAIN) {
+        c->flags &= ~YMO_CONN_WAIT_DRAIN;
+        if (ss->state == S_READY)
+            ymo_conn_make_ready(c);
+        return;
+    }
     if (ss->state == S_IDLE) {
         if ((c->flags & YMO_CONN_DRAINING) && c->in.len == ss->rstart) {
             ymo_conn_close(c);

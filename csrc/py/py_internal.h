@@ -110,10 +110,16 @@ typedef struct {
     ymo_py_state *st;
     PyObject *handler;
     PyThreadState *tstate;      /* the loop thread's, while it runs without the GIL */
-    int gil_held;               /* the loop thread holds the GIL */
     int phase;                  /* 0 new, 1 running, 2 done */
     PyObject **garbage;         /* references released without the GIL */
     size_t ngarbage, capgarbage;
+    pthread_mutex_t garbage_lock;
+    /* Worker threads (threads > 0): requests queue here. */
+    int nthreads;
+    pthread_mutex_t wq_lock;
+    pthread_cond_t wq_cond;
+    ymo_conn_t *wq_head, **wq_tail;
+    int wq_shutdown;
     PyObject *parked;           /* exception from a signal handler, re-raised by run() */
     int sigfd[2];
     ev_io sigio;
@@ -130,15 +136,19 @@ typedef struct {
     PyObject *file_wrapper;     /* yimmo.wsgi.FileWrapper */
 } YmoServerObject;
 
-/* Run stmt with the GIL released on the loop thread (a blocking wait on one
- * connection); references the engine releases meanwhile are parked. */
+/* Whether this thread holds the GIL, for the engine's release hook (which
+ * runs on threads with and without it). */
+extern _Thread_local int ymo__py_gil_held;
+
+/* Run stmt with the GIL released (a blocking wait on one connection);
+ * references the engine releases meanwhile are parked. */
 #define YMO_BLOCKING(srv, stmt)          \
     do {                                 \
-        (srv)->gil_held = 0;             \
+        ymo__py_gil_held = 0;            \
         Py_BEGIN_ALLOW_THREADS           \
         stmt;                            \
         Py_END_ALLOW_THREADS             \
-        (srv)->gil_held = 1;             \
+        ymo__py_gil_held = 1;            \
         ymo__py_server_drain(srv);       \
     } while (0)
 

@@ -13,11 +13,19 @@
 
 /* --- Hooks the engine calls ----------------------------------------------- */
 
+/* Threads start without the GIL in this sense; the thread that imports the
+ * module and calls into it holds it whenever it runs Python code. */
+_Thread_local int ymo__py_gil_held = 1;
+
 void ymo__py_server_drain(YmoServerObject *self)
 {
     /* Decref'ing may run arbitrary code that parks more: loop. */
-    while (self->ngarbage > 0) {
-        PyObject *o = self->garbage[--self->ngarbage];
+    for (;;) {
+        pthread_mutex_lock(&self->garbage_lock);
+        PyObject *o = self->ngarbage > 0 ? self->garbage[--self->ngarbage] : NULL;
+        pthread_mutex_unlock(&self->garbage_lock);
+        if (o == NULL)
+            return;
         Py_DECREF(o);
     }
 }
@@ -25,22 +33,28 @@ void ymo__py_server_drain(YmoServerObject *self)
 static void hook_release(ymo_server_t *s, void *ref)
 {
     YmoServerObject *self = (YmoServerObject *)s->data;
-    if (self->gil_held) {
+    if (ymo__py_gil_held) {
         Py_DECREF((PyObject *)ref);
         return;
     }
+    pthread_mutex_lock(&self->garbage_lock);
     if (self->ngarbage == self->capgarbage) {
         size_t ncap = self->capgarbage ? self->capgarbage * 2 : 64;
         PyObject **ng = realloc(self->garbage, ncap * sizeof(*ng));
         if (ng == NULL) {
             /* Leaking one reference beats crashing without the GIL. */
+            pthread_mutex_unlock(&self->garbage_lock);
             return;
         }
         self->garbage = ng;
         self->capgarbage = ncap;
     }
     self->garbage[self->ngarbage++] = (PyObject *)ref;
-    s->dispatch_wanted = 1;
+    /* Worker threads drain as they take requests; the loop only takes the
+     * GIL for this when much has piled up. */
+    if (self->nthreads == 0 || self->ngarbage > 256)
+        s->dispatch_wanted = 1;
+    pthread_mutex_unlock(&self->garbage_lock);
 }
 
 static void hook_log(ymo_server_t *s, int level, const char *msg)
@@ -54,23 +68,77 @@ static void hook_log(ymo_server_t *s, int level, const char *msg)
 static void take_gil(YmoServerObject *self)
 {
     PyEval_RestoreThread(self->tstate);
-    self->gil_held = 1;
+    ymo__py_gil_held = 1;
 }
 
 static void drop_gil(YmoServerObject *self)
 {
-    self->gil_held = 0;
+    ymo__py_gil_held = 0;
     self->tstate = PyEval_SaveThread();
 }
 
 static void hook_dispatch(ymo_server_t *s)
 {
     YmoServerObject *self = (YmoServerObject *)s->data;
+    if (self->nthreads > 0) {
+        /* Requests go to the worker threads: no GIL needed for that. */
+        ymo_server_run_ready(s);
+        if (s->dispatch_wanted) {
+            s->dispatch_wanted = 0;
+            take_gil(self);
+            ymo__py_server_drain(self);
+            drop_gil(self);
+        }
+        return;
+    }
     take_gil(self);
     s->dispatch_wanted = 0;
     ymo__py_server_drain(self);
     ymo_server_run_ready(s);
     drop_gil(self);
+}
+
+/* Loop thread: queue a request for the worker threads. */
+static void hook_submit(ymo_server_t *s, ymo_conn_t *c)
+{
+    YmoServerObject *self = (YmoServerObject *)s->data;
+    pthread_mutex_lock(&self->wq_lock);
+    c->next_ready = NULL;
+    *self->wq_tail = c;
+    self->wq_tail = &c->next_ready;
+    pthread_cond_signal(&self->wq_cond);
+    pthread_mutex_unlock(&self->wq_lock);
+}
+
+/* A worker thread's body: take requests until the server stops. */
+static PyObject *server_work(YmoServerObject *self, PyObject *unused)
+{
+    for (;;) {
+        ymo_conn_t *c;
+        ymo__py_gil_held = 0;
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&self->wq_lock);
+        while (self->wq_head == NULL && !self->wq_shutdown)
+            pthread_cond_wait(&self->wq_cond, &self->wq_lock);
+        c = self->wq_head;
+        if (c != NULL) {
+            self->wq_head = c->next_ready;
+            if (self->wq_head == NULL)
+                self->wq_tail = &self->wq_head;
+            c->next_ready = NULL;
+        }
+        pthread_mutex_unlock(&self->wq_lock);
+        Py_END_ALLOW_THREADS
+        ymo__py_gil_held = 1;
+        if (c == NULL)
+            Py_RETURN_NONE;
+        ymo__py_server_drain(self);
+        if (self->wsgi)
+            ymo__py_wsgi_run(self, c);
+        else
+            ymo__py_exchange_run(self, c);
+        ymo_server_checkin(&self->srv, c);
+    }
 }
 
 static void hook_request(ymo_server_t *s, ymo_conn_t *c)
@@ -287,9 +355,9 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
                                      &url_scheme, &script_name, &multiprocess, &access_log,
                                      &threads, &bbs))
         return NULL;
-    if (!wsgi && (url_scheme || script_name || multiprocess || access_log || threads || bbs)) {
+    if (!wsgi && (url_scheme || script_name || multiprocess || access_log || bbs)) {
         PyErr_SetString(PyExc_TypeError,
-                        "url_scheme, script_name, multiprocess, access_log, threads and "
+                        "url_scheme, script_name, multiprocess, access_log and "
                         "body_buffer_size are WSGIServer arguments");
         return NULL;
     }
@@ -307,13 +375,18 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         PyErr_SetString(PyExc_TypeError, "access_log must be callable or None");
         return NULL;
     }
+    long nthreads = 0;
     if (threads != NULL && threads != Py_None) {
-        long n = PyLong_Check(threads) ? PyLong_AsLong(threads) : -1;
-        if (n != 0) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError,
-                                "threads must be 0: this build runs applications on the loop "
-                                "thread (use workers for parallelism)");
+        if (!PyLong_Check(threads)) {
+            PyErr_Format(PyExc_TypeError, "threads must be an int, not %.100s",
+                         Py_TYPE(threads)->tp_name);
+            return NULL;
+        }
+        nthreads = PyLong_AsLong(threads);
+        if (nthreads == -1 && PyErr_Occurred())
+            return NULL;
+        if (nthreads < 0 || nthreads > 1024) {
+            PyErr_Format(PyExc_ValueError, "threads must be in 0..1024, not %ld", nthreads);
             return NULL;
         }
     }
@@ -396,14 +469,19 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     self->st = ymo__py_state_from_type(type);
     self->handler = Py_NewRef(handler);
     self->on_tick = on_tick != Py_None ? Py_NewRef(on_tick) : NULL;
-    self->gil_held = 1;
     self->sigfd[0] = self->sigfd[1] = -1;
     self->wsgi = wsgi;
+    self->nthreads = (int)nthreads;
+    pthread_mutex_init(&self->garbage_lock, NULL);
+    pthread_mutex_init(&self->wq_lock, NULL);
+    pthread_cond_init(&self->wq_cond, NULL);
+    self->wq_tail = &self->wq_head;
     ymo_server_hooks_t hooks = {
         .dispatch = hook_dispatch,
         .on_request = hook_request,
         .release = hook_release,
         .log = hook_log,
+        .submit = nthreads > 0 ? hook_submit : NULL,
     };
     int r = ymo_server_init(&self->srv, &cfg, &hooks, self);
     if (r < 0) {
@@ -519,6 +597,70 @@ static void wakeup_fd_restore(YmoServerObject *self, PyObject *old)
     self->sigfd[0] = self->sigfd[1] = -1;
 }
 
+static void join_workers(YmoServerObject *self, PyObject *list);
+
+/* threading.Thread objects running _work(), started. */
+static PyObject *start_workers(YmoServerObject *self)
+{
+    PyObject *threading = PyImport_ImportModule("threading");
+    if (threading == NULL)
+        return NULL;
+    PyObject *list = PyList_New(0);
+    PyObject *target = PyObject_GetAttrString((PyObject *)self, "_work");
+    PyObject *thread_type = PyObject_GetAttrString(threading, "Thread");
+    PyObject *noargs = PyTuple_New(0);
+    if (list == NULL || target == NULL || thread_type == NULL || noargs == NULL)
+        goto error;
+    self->wq_shutdown = 0;
+    for (int i = 0; i < self->nthreads; i++) {
+        PyObject *kw = Py_BuildValue("{sOsNsO}", "target", target, "name",
+                                     PyUnicode_FromFormat("yimmo-worker-%d", i), "daemon", Py_True);
+        PyObject *t = kw ? PyObject_Call(thread_type, noargs, kw) : NULL;
+        Py_XDECREF(kw);
+        if (t == NULL)
+            goto error;
+        PyObject *r = PyObject_CallMethod(t, "start", NULL);
+        if (r == NULL || PyList_Append(list, t) < 0) {
+            Py_XDECREF(r);
+            Py_DECREF(t);
+            goto error;
+        }
+        Py_DECREF(r);
+        Py_DECREF(t);
+    }
+    Py_DECREF(target);
+    Py_DECREF(thread_type);
+    Py_DECREF(noargs);
+    Py_DECREF(threading);
+    return list;
+error:
+    Py_XDECREF(target);
+    Py_XDECREF(thread_type);
+    Py_XDECREF(noargs);
+    Py_DECREF(threading);
+    if (list != NULL) {
+        join_workers(self, list);
+        Py_DECREF(list);
+    }
+    return NULL;
+}
+
+static void join_workers(YmoServerObject *self, PyObject *list)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    pthread_mutex_lock(&self->wq_lock);
+    self->wq_shutdown = 1;
+    pthread_cond_broadcast(&self->wq_cond);
+    pthread_mutex_unlock(&self->wq_lock);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+        PyObject *r = PyObject_CallMethod(PyList_GET_ITEM(list, i), "join", NULL);
+        if (r == NULL)
+            PyErr_WriteUnraisable(PyList_GET_ITEM(list, i));
+        Py_XDECREF(r);
+    }
+    PyErr_SetRaisedException(exc);
+}
+
 static PyObject *server_run(YmoServerObject *self, PyObject *unused)
 {
     if (self->phase != 0) {
@@ -529,6 +671,12 @@ static PyObject *server_run(YmoServerObject *self, PyObject *unused)
     }
     PyObject *old = NULL;
     if (wakeup_fd_install(self, &old) < 0) {
+        wakeup_fd_restore(self, old ? old : Py_None);
+        Py_XDECREF(old);
+        return NULL;
+    }
+    PyObject *workers = NULL;
+    if (self->nthreads > 0 && (workers = start_workers(self)) == NULL) {
         wakeup_fd_restore(self, old ? old : Py_None);
         Py_XDECREF(old);
         return NULL;
@@ -545,6 +693,10 @@ static PyObject *server_run(YmoServerObject *self, PyObject *unused)
     if (self->on_tick != NULL) {
         ev_ref(self->srv.loop);
         ev_timer_stop(self->srv.loop, &self->tick);
+    }
+    if (workers != NULL) {
+        join_workers(self, workers);
+        Py_DECREF(workers);
     }
     ymo__py_server_drain(self);
     wakeup_fd_restore(self, old ? old : Py_None);
@@ -638,9 +790,13 @@ static void server_dealloc(YmoServerObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
-    self->gil_held = 1;
-    ymo_server_free(&self->srv);
-    ymo__py_server_drain(self);
+    if (self->wq_tail != NULL) {
+        ymo_server_free(&self->srv);
+        ymo__py_server_drain(self);
+        pthread_mutex_destroy(&self->garbage_lock);
+        pthread_mutex_destroy(&self->wq_lock);
+        pthread_cond_destroy(&self->wq_cond);
+    }
     free(self->garbage);
     server_clear(self);
     tp->tp_free(self);
@@ -650,6 +806,8 @@ static void server_dealloc(YmoServerObject *self)
 static PyMethodDef server_methods[] = {
     {"run", (PyCFunction)server_run, METH_NOARGS,
      "run(): serve until stop() (or Ctrl-C); the GIL is released while waiting."},
+    {"_work", (PyCFunction)server_work, METH_NOARGS,
+     "_work(): the body of a worker thread (started by run() when threads > 0)."},
     {"stop", (PyCFunction)(void (*)(void))server_stop, METH_VARARGS | METH_KEYWORDS,
      "stop(timeout=None): stop accepting, let in-flight exchanges finish (at most timeout\n"
      "seconds), then run() returns. Safe from any thread and from signal handlers."},

@@ -727,7 +727,7 @@ static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *in
         || PyDict_SetItem(env, K[WK_WSGI_URL_SCHEME], srv->url_scheme) < 0
         || PyDict_SetItem(env, K[WK_WSGI_INPUT], input) < 0
         || PyDict_SetItem(env, K[WK_WSGI_ERRORS], errors ? errors : Py_None) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_MULTITHREAD], Py_False) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_MULTITHREAD], srv->nthreads > 0 ? Py_True : Py_False) < 0
         || PyDict_SetItem(env, K[WK_WSGI_MULTIPROCESS], srv->multiprocess ? Py_True : Py_False) < 0
         || PyDict_SetItem(env, K[WK_WSGI_RUN_ONCE], Py_False) < 0
         || PyDict_SetItem(env, K[WK_WSGI_INPUT_TERMINATED], Py_True) < 0

@@ -7,6 +7,7 @@
 #ifndef YIMMO_CORE_H
 #define YIMMO_CORE_H
 
+#include <pthread.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -89,7 +90,10 @@ enum ymo_conn_flags {
     YMO_CONN_LINGERING = 1u << 4,       /* half closed, discarding input */
     YMO_CONN_READY = 1u << 5,           /* on the server's ready list */
     YMO_CONN_EOF = 1u << 6,             /* the peer sent FIN */
-    YMO_CONN_DRAINING = 1u << 7         /* the server stops: close when idle */
+    YMO_CONN_DRAINING = 1u << 7,        /* the server stops: close when idle */
+    YMO_CONN_CHECKED_OUT = 1u << 8,     /* a worker thread owns it for one exchange */
+    YMO_CONN_CLOSE_PENDING = 1u << 9,   /* closed while checked out: close at check-in */
+    YMO_CONN_WAIT_DRAIN = 1u << 10      /* a request waits for earlier output to drain */
 };
 
 typedef struct {
@@ -159,6 +163,10 @@ typedef struct {
     void (*release)(ymo_server_t *s, void *ref);
     /* A log line (level as in Python logging). No lock held. */
     void (*log)(ymo_server_t *s, int level, const char *msg);
+    /* Optional: hand the ready request on c to a worker thread instead of
+     * calling on_request on the loop. The worker owns c (the loop leaves
+     * it alone) until it calls ymo_server_checkin(). */
+    void (*submit)(ymo_server_t *s, ymo_conn_t *c);
 } ymo_server_hooks_t;
 
 typedef struct {
@@ -212,11 +220,15 @@ struct ymo_server_s {
     volatile sig_atomic_t stop_requested;
     double stop_timeout;            /* < 0: wait for in-flight work forever */
     int stopping;
+    int stop_forced;                /* the graceful stop timed out */
 
     ymo_http_header_t *free_headers;/* freelist of header arrays */
-    char date[40];                  /* "Date: ...\r\n" */
-    size_t date_len;
-    ev_tstamp date_at;
+
+    /* Connections coming back from worker threads. */
+    ev_async checkin_async;
+    pthread_mutex_t checkin_lock;
+    ymo_conn_t *checkin_list;
+    uint32_t nchecked_out;
 };
 
 /* Create the loop. 0 or -errno / YMO_E_NOMEM. */
@@ -242,8 +254,11 @@ void ymo_server_stop(ymo_server_t *s, double timeout);
 /* Called from the dispatch hook: run the ready connections. */
 void ymo_server_run_ready(ymo_server_t *s);
 
-/* The cached "Date: ...\r\n" line, refreshed once a second. */
+/* The cached "Date: ...\r\n" line, refreshed once a second (per thread). */
 const char *ymo_server_date(ymo_server_t *s, size_t *len);
+
+/* A worker thread is done with c: give it back to the loop. Thread-safe. */
+void ymo_server_checkin(ymo_server_t *s, ymo_conn_t *c);
 
 /* Header arrays for parsers, from a freelist (limits.max_headers long). */
 ymo_http_header_t *ymo__server_headers_get(ymo_server_t *s);
