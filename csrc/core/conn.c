@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,11 +42,56 @@ static void plain_shutdown(ymo_conn_t *c)
     shutdown(c->fd, SHUT_WR);
 }
 
+static ssize_t plain_sendfile(ymo_conn_t *c, int fd, uint64_t off, size_t len)
+{
+    off_t o = (off_t)off;
+    ssize_t n;
+    do
+        n = sendfile(c->fd, fd, &o, len);
+    while (n < 0 && errno == EINTR);
+    if (n == 0 && len > 0)
+        return -EIO;    /* the file is shorter than it was said to be */
+    return n < 0 ? -errno : n;
+}
+
 const ymo_transport_t ymo__plain_transport = {
     .read = plain_read,
     .writev = plain_writev,
     .shutdown = plain_shutdown,
+    .sendfile = plain_sendfile,
 };
+
+/* One write of what is queued: the memory buckets up to the next file by
+ * writev, or the file at the front by sendfile. Bytes written or -errno. */
+static ssize_t write_some(ymo_conn_t *c)
+{
+    ymo_bucket_t *b = ymo__outq_first(&c->out);
+    ssize_t w;
+    if (b != NULL && b->fd >= 0) {
+        size_t len = b->len > (1u << 20) ? (1u << 20) : b->len;
+        if (c->transport->sendfile != NULL) {
+            w = c->transport->sendfile(c, b->fd, b->base, len);
+        } else {
+            char buf[16384];
+            if (len > sizeof(buf))
+                len = sizeof(buf);
+            w = pread(b->fd, buf, len, (off_t)b->base);
+            if (w == 0)
+                return -EIO;
+            if (w < 0)
+                return -errno;
+            struct iovec iov = {.iov_base = buf, .iov_len = (size_t)w};
+            w = c->transport->writev(c, &iov, 1);
+        }
+    } else {
+        struct iovec iov[YMO_IOV_MAX];
+        int n = ymo__outq_iov(&c->out, iov, YMO_IOV_MAX);
+        w = c->transport->writev(c, iov, n);
+    }
+    if (w > 0)
+        ymo__outq_consume(&c->out, (size_t)w, c->server);
+    return w;
+}
 
 /* --- Input ------------------------------------------------------------- */
 
@@ -190,19 +236,15 @@ static void linger_start(ymo_conn_t *c)
 int ymo_conn_flush(ymo_conn_t *c)
 {
     ymo_server_t *s = c->server;
-    struct iovec iov[YMO_IOV_MAX];
 
     if (c->flags & YMO_CONN_CLOSED)
         return YMO_E_CLOSED;
     if (CHECKED_OUT(c))
         return 0;
     while (c->out.bytes > 0) {
-        int n = ymo__outq_iov(&c->out, iov, YMO_IOV_MAX);
-        ssize_t w = c->transport->writev(c, iov, n);
-        if (w >= 0) {
-            ymo__outq_consume(&c->out, (size_t)w, s);
+        ssize_t w = write_some(c);
+        if (w >= 0)
             continue;
-        }
         if (w == -EAGAIN) {
             if (!(c->flags & YMO_CONN_WRITING)) {
                 ev_io_start(s->loop, &c->wio);
@@ -301,16 +343,12 @@ static int poll_one(ymo_server_t *s, int fd, short events, double timeout)
 
 int ymo_conn_flush_sync(ymo_conn_t *c, double timeout)
 {
-    struct iovec iov[YMO_IOV_MAX];
     while (c->out.bytes > 0) {
         if (c->flags & YMO_CONN_CLOSED)
             return YMO_E_CLOSED;
-        int n = ymo__outq_iov(&c->out, iov, YMO_IOV_MAX);
-        ssize_t w = c->transport->writev(c, iov, n);
-        if (w >= 0) {
-            ymo__outq_consume(&c->out, (size_t)w, c->server);
+        ssize_t w = write_some(c);
+        if (w >= 0)
             continue;
-        }
         if (w != -EAGAIN)
             return (int)w;
         int r = poll_one(c->server, c->fd, POLLOUT, timeout);

@@ -13,6 +13,11 @@
 int ymo__outq_iov(ymo_outq_t *q, struct iovec *iov, int max);
 /* n bytes were written: drop them, releasing finished buckets' owners. */
 void ymo__outq_consume(ymo_outq_t *q, size_t n, ymo_server_t *s);
+/* The first pending bucket. */
+static inline ymo_bucket_t *ymo__outq_first(ymo_outq_t *q)
+{
+    return q->head < q->count ? &q->b[q->head] : NULL;
+}
 /* Release every bucket and the storage. */
 void ymo__outq_free(ymo_outq_t *q, ymo_server_t *s);
 

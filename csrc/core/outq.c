@@ -6,6 +6,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/core_internal.h"
 
@@ -46,7 +47,7 @@ char *ymo_outq_reserve(ymo_outq_t *q, size_t len)
     /* Extend the last bucket when it ends where the new bytes begin. */
     if (q->count > q->head) {
         ymo_bucket_t *last = &q->b[q->count - 1];
-        if (last->ref == NULL && last->base + last->len == q->len) {
+        if (last->ref == NULL && last->fd < 0 && last->base + last->len == q->len) {
             char *p = q->data + q->len;
             last->len += len;
             q->len += len;
@@ -60,6 +61,7 @@ char *ymo_outq_reserve(ymo_outq_t *q, size_t len)
     b->base = q->len;
     b->len = len;
     b->ref = NULL;
+    b->fd = -1;
     char *p = q->data + q->len;
     q->len += len;
     q->bytes += len;
@@ -85,6 +87,22 @@ int ymo_outq_ref(ymo_outq_t *q, const void *data, size_t len, void *ref)
     b->base = (uintptr_t)data;
     b->len = len;
     b->ref = ref;
+    b->fd = -1;
+    q->bytes += len;
+    return 0;
+}
+
+int ymo_outq_file(ymo_outq_t *q, int fd, uint64_t offset, size_t len)
+{
+    if (grow_buckets(q) < 0) {
+        close(fd);
+        return YMO_E_NOMEM;
+    }
+    ymo_bucket_t *b = &q->b[q->count++];
+    b->base = (uintptr_t)offset;
+    b->len = len;
+    b->ref = NULL;
+    b->fd = fd;
     q->bytes += len;
     return 0;
 }
@@ -94,6 +112,8 @@ int ymo__outq_iov(ymo_outq_t *q, struct iovec *iov, int max)
     int n = 0;
     for (uint32_t i = q->head; i < q->count && n < max; i++) {
         ymo_bucket_t *b = &q->b[i];
+        if (b->fd >= 0)
+            break;      /* files go by sendfile, on their own */
         iov[n].iov_base = b->ref ? (void *)b->base : q->data + b->base;
         iov[n].iov_len = b->len;
         n++;
@@ -114,6 +134,8 @@ void ymo__outq_consume(ymo_outq_t *q, size_t n, ymo_server_t *s)
         n -= b->len;
         if (b->ref != NULL)
             s->hooks.release(s, b->ref);
+        if (b->fd >= 0)
+            close(b->fd);
         q->head++;
     }
     /* Everything went: the copied storage starts over. */
@@ -123,9 +145,12 @@ void ymo__outq_consume(ymo_outq_t *q, size_t n, ymo_server_t *s)
 
 void ymo__outq_free(ymo_outq_t *q, ymo_server_t *s)
 {
-    for (uint32_t i = q->head; i < q->count; i++)
+    for (uint32_t i = q->head; i < q->count; i++) {
         if (q->b[i].ref != NULL)
             s->hooks.release(s, q->b[i].ref);
+        if (q->b[i].fd >= 0)
+            close(q->b[i].fd);
+    }
     free(q->b);
     free(q->data);
     memset(q, 0, sizeof(*q));

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/core_internal.h"
 #include "yimmo/exchange.h"
@@ -831,6 +832,48 @@ int ymo_http_response_body(ymo_conn_t *c, const char *data, size_t len, void *re
 drop:
     if (ref != NULL)
         c->server->hooks.release(c->server, ref);
+    return rc;
+}
+
+int ymo_http_response_file(ymo_conn_t *c, int fd, uint64_t off, size_t len)
+{
+    ymo_http_response_t *r = &SESSION(c)->resp;
+    int rc;
+    if (!(r->flags & YMO_RESP_HEAD_DONE) || (r->flags & YMO_RESP_FINISHED)) {
+        rc = YMO_E_STATE;
+        goto drop;
+    }
+    if (r->flags & YMO_RESP_NO_BODY) {
+        r->sent += len;
+        rc = 0;
+        goto drop;
+    }
+    rc = 0;
+    if ((r->flags & YMO_RESP_HAS_LENGTH) && r->sent + len > r->content_length) {
+        len = (size_t)(r->content_length - r->sent);
+        r->flags |= YMO_RESP_CLOSE;
+        rc = YMO_E_BAD_CONTENT_LENGTH;
+    }
+    if (len == 0)
+        goto drop;
+    r->sent += len;
+    if (r->flags & YMO_RESP_CHUNKED) {
+        char size[24];
+        int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+        int q = ymo_outq_copy(&c->out, size, (size_t)n);
+        if (q < 0) {
+            close(fd);
+            return q;
+        }
+        if ((q = ymo_outq_file(&c->out, fd, off, len)) < 0)
+            return q;
+        q = ymo_outq_copy(&c->out, "\r\n", 2);
+        return q < 0 ? q : rc;
+    }
+    int q = ymo_outq_file(&c->out, fd, off, len);
+    return q < 0 ? q : rc;
+drop:
+    close(fd);
     return rc;
 }
 

@@ -7,7 +7,10 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static const char *const wsgi_key_names[WK__COUNT] = {
     "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "RAW_URI",
@@ -765,8 +768,61 @@ static int64_t sequence_length(PyObject *result)
     return total;
 }
 
+/* wsgi.file_wrapper over a regular file: send the rest of it with
+ * sendfile(). Returns 1 when sent that way, 0 to fall back to iterating,
+ * -1 on error. */
+static int send_file(YmoWSGIRequestObject *rq, PyObject *result)
+{
+    PyObject *filelike = PyObject_GetAttrString(result, "filelike");
+    if (filelike == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *fileno = PyObject_CallMethod(filelike, "fileno", NULL);
+    /* The logical position: a buffered file object may have read ahead of
+     * its descriptor's offset. */
+    PyObject *tell = fileno ? PyObject_CallMethod(filelike, "tell", NULL) : NULL;
+    Py_DECREF(filelike);
+    long long logical = tell ? PyLong_AsLongLong(tell) : -1;
+    Py_XDECREF(tell);
+    if (fileno == NULL || tell == NULL || logical < 0) {
+        Py_XDECREF(fileno);
+        PyErr_Clear();
+        return 0;
+    }
+    long fd = PyLong_AsLong(fileno);
+    Py_DECREF(fileno);
+    if (fd < 0 || fd > 0x7fffffff) {
+        PyErr_Clear();
+        return 0;
+    }
+    struct stat st;
+    off_t pos = (off_t)logical;
+    if (fstat((int)fd, &st) < 0 || !S_ISREG(st.st_mode) || pos > st.st_size)
+        return 0;
+    size_t len = (size_t)(st.st_size - pos);
+    if (!rq->head_sent && send_head(rq, (int64_t)len) < 0)
+        return -1;
+    int dfd = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
+    if (dfd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    int r = ymo_http_response_file(rq->conn, dfd, (uint64_t)pos, len);
+    if (r < 0 && r != YMO_E_BAD_CONTENT_LENGTH) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 1;
+}
+
 static int send_result(YmoWSGIRequestObject *rq, PyObject *result)
 {
+    if (Py_IS_TYPE(result, (PyTypeObject *)rq->server->file_wrapper)) {
+        int r = send_file(rq, result);
+        if (r != 0)
+            return r < 0 ? -1 : 0;
+    }
     int64_t known = rq->head_sent ? -1 : sequence_length(result);
     if (known >= 0) {
         /* The whole body is here: frame it with Content-Length and send

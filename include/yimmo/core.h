@@ -21,13 +21,15 @@ typedef struct ymo_conn_s ymo_conn_t;
 
 /* --- Output queue ------------------------------------------------------ */
 
-/* A run of bytes waiting to be written: either inside the queue's own
- * storage (ref == NULL, base is an offset) or owned elsewhere and held
- * through ref until written. */
+/* A run of bytes waiting to be written: inside the queue's own storage
+ * (ref == NULL, base is an offset), owned elsewhere and held through ref
+ * until written, or a range of an open file (fd >= 0, base is the file
+ * offset) sent with sendfile(). */
 typedef struct {
     uintptr_t base;
     size_t len;
     void *ref;
+    int fd;
 } ymo_bucket_t;
 
 typedef struct {
@@ -42,6 +44,9 @@ typedef struct {
 int ymo_outq_copy(ymo_outq_t *q, const void *data, size_t len);
 /* Append data owned by ref; the server's release hook gets ref once sent. */
 int ymo_outq_ref(ymo_outq_t *q, const void *data, size_t len, void *ref);
+/* Append len bytes of the file fd from offset; the queue owns fd and closes
+ * it once sent. */
+int ymo_outq_file(ymo_outq_t *q, int fd, uint64_t offset, size_t len);
 /* Reserve len bytes of copied storage at the end; returns NULL on ENOMEM. */
 char *ymo_outq_reserve(ymo_outq_t *q, size_t len);
 
@@ -65,6 +70,9 @@ typedef struct {
     ssize_t (*writev)(ymo_conn_t *c, const struct iovec *iov, int iovcnt);
     /* Stop sending (half close). */
     void (*shutdown)(ymo_conn_t *c);
+    /* Send len bytes of file fd from off; bytes sent or -errno. NULL when
+     * the transport cannot (TLS): the file is read and written instead. */
+    ssize_t (*sendfile)(ymo_conn_t *c, int fd, uint64_t off, size_t len);
 } ymo_transport_t;
 
 typedef struct {

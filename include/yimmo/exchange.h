@@ -71,6 +71,9 @@ int ymo_http_response_end_head(ymo_conn_t *c, int64_t known_len);
  * release hook gets ref once written; otherwise they are copied. The
  * release hook also gets ref when the bytes are not needed (HEAD). */
 int ymo_http_response_body(ymo_conn_t *c, const char *data, size_t len, void *ref);
+/* Queue len bytes of the file fd from off, sent with sendfile(); the
+ * response owns fd from here (closed once sent or dropped). */
+int ymo_http_response_file(ymo_conn_t *c, int fd, uint64_t off, size_t len);
 /* End the response (the last chunk, or a check of Content-Length). */
 int ymo_http_response_finish(ymo_conn_t *c);
 

@@ -1,0 +1,380 @@
+"""The manager process of `yimmo-wsgi`, driven through the real CLI.
+
+Each test starts `python -m yimmo` on 127.0.0.1:0 (the manager binds once and
+logs the real port), waits for its workers' "ready" log lines, then signals
+only the processes it started.
+"""
+import os
+import re
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+import yimmo
+from apps.harness import (APPS, EXIT_RE, READY_RE, Yimmo, pid_gone, run_cli, wait_until)
+
+HAVE_WSGISERVER = hasattr(yimmo, "WSGIServer")
+
+
+@pytest.fixture
+def server():
+    """Factory: server(*cli_args, workers=N, **kw) -> a ready Yimmo; always torn down."""
+    started = []
+
+    def start(*args, workers=1, wait=True, **kw):
+        y = Yimmo(*args, **kw)
+        started.append(y)
+        if wait:
+            y.wait_ready(workers)
+        return y
+
+    yield start
+    for y in started:
+        y.close()
+
+
+def _in_background(fn, *args):
+    """Run fn(*args) on a thread; returns a dict filled with 'result' or 'error'."""
+    out = {}
+
+    def run():
+        try:
+            out["result"] = fn(*args)
+        except BaseException as e:
+            out["error"] = e
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    out["thread"] = t
+    return out
+
+
+def _in_flight(mark, n=1):
+    """The app wrote n 'start' lines to the mark file: n slow requests are in flight."""
+    return wait_until(lambda: os.path.exists(mark) and open(mark).read().count("start") >= n,
+                      what="the slow request to start")
+
+
+# --- Start, serve, stop -------------------------------------------------------
+
+
+def test_startup_lines_and_workers_share_the_socket(server):
+    y = server("-w", "2", "hello:application", workers=2)
+    log = y.stderr
+    assert re.search(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[%d\] \[INFO\] Starting yimmo %s$"
+                     % (y.proc.pid, re.escape(yimmo.__version__)), log, re.M), log
+    assert "Listening at: http://127.0.0.1:%d (%d)" % (y.port, y.proc.pid) in log
+    assert "Using worker: yimmo" in log
+    booted = [int(m.group(1)) for m in y.matches(re.compile(r"Booting worker with pid: (\d+)"))]
+    assert sorted(booted) == sorted(y.ready_pids()) and len(booted) == 2
+    assert y.proc.pid not in booted
+    for _ in range(4):
+        status, headers, body = y.get("/")
+        assert status == 200 and int(headers["X-Pid"]) in booted
+    y.signal(signal.SIGTERM)
+    assert y.wait_exit() == 0
+    assert "Shutting down: Master" in y.stderr
+    assert all(pid_gone(p) for p in booted)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_term_and_int_drain_in_flight_requests(server, tmp_path, sig):
+    mark = str(tmp_path / "mark")
+    y = server("--graceful-timeout", "10", "hello:application", env={"YIMMO_TEST_MARK": mark})
+    req = _in_background(y.get, "/sleep/1")
+    _in_flight(mark)
+    t0 = time.monotonic()
+    y.signal(sig)
+    assert y.wait_exit() == 0
+    req["thread"].join(5)
+    assert "error" not in req, req.get("error")
+    status, _, body = req["result"]
+    assert status == 200 and body.startswith(b"hello from")
+    assert time.monotonic() - t0 < 8
+    # The listening socket is gone with the manager.
+    with pytest.raises(OSError):
+        socket.create_connection((y.host, y.port), timeout=1).close()
+
+
+def test_graceful_timeout_kills_a_worker_that_will_not_finish(server, tmp_path):
+    mark = str(tmp_path / "mark")
+    y = server("--graceful-timeout", "0.5", "-t", "0", "hello:application", env={"YIMMO_TEST_MARK": mark})
+    pid = y.ready_pids()[0]
+    req = _in_background(y.get, "/sleep/30")
+    _in_flight(mark)
+    t0 = time.monotonic()
+    y.signal(signal.SIGTERM)
+    assert y.wait_exit() == 0
+    assert time.monotonic() - t0 < 5
+    assert pid_gone(pid)
+    req["thread"].join(5)
+    assert "error" in req  # The connection was cut.
+
+
+def test_quit_stops_fast(server, tmp_path):
+    mark = str(tmp_path / "mark")
+    y = server("--graceful-timeout", "30", "hello:application", env={"YIMMO_TEST_MARK": mark})
+    req = _in_background(y.get, "/sleep/20")
+    _in_flight(mark)
+    t0 = time.monotonic()
+    y.signal(signal.SIGQUIT)
+    assert y.wait_exit() == 0
+    assert time.monotonic() - t0 < 5
+    req["thread"].join(5)
+    assert not req["thread"].is_alive()
+
+
+def test_hup_replaces_workers_and_rereads_config(server, tmp_path):
+    conf = tmp_path / "yimmo.toml"
+    conf.write_text("workers = 1\n")
+    y = server("-c", str(conf), "hello:application", workers=1)
+    old = y.ready_pids()
+    conf.write_text("workers = 2\n")
+    y.signal(signal.SIGHUP)
+    y.wait_log(READY_RE, count=3)
+    new = [p for p in y.ready_pids() if p not in old]
+    assert len(new) == 2
+    wait_until(lambda: pid_gone(old[0]), what="the old worker to stop")
+    seen = set()
+    for _ in range(20):
+        seen.add(int(y.get("/")[1]["X-Pid"]))
+    assert seen <= set(new)
+    y.signal(signal.SIGTERM)
+    assert y.wait_exit() == 0
+
+
+def test_hup_with_a_bad_config_keeps_serving(server, tmp_path):
+    conf = tmp_path / "yimmo.toml"
+    conf.write_text("workers = 1\n")
+    y = server("-c", str(conf), "hello:application")
+    old = y.ready_pids()
+    conf.write_text("workers = 'many'\n")
+    y.signal(signal.SIGHUP)
+    y.wait_log(r"Reload: bad configuration, keeping the old one: .*workers")
+    assert y.get("/")[0] == 200 and y.live_workers() == old
+
+
+def test_ttin_and_ttou_change_the_worker_count(server):
+    y = server("hello:application", workers=1)
+    first = y.ready_pids()[0]
+    y.signal(signal.SIGTTIN)
+    y.wait_log(READY_RE, count=2)
+    assert len(y.live_workers()) == 2
+    y.signal(signal.SIGTTOU)
+    y.wait_log(EXIT_RE)
+    wait_until(lambda: len(y.live_workers()) == 1, what="one worker left")
+    # The oldest worker is the one retired.
+    assert pid_gone(first)
+    y.signal(signal.SIGTTOU)  # Never below one.
+    y.wait_log(r"Handling signal: ttou", count=2)
+    y.wait_log(r"Workers: 1", count=2)
+    assert y.get("/")[0] == 200
+
+
+def test_usr1_reopens_the_access_log(server, tmp_path):
+    access = tmp_path / "access.log"
+    y = server("--access-logfile", str(access), "hello:application")
+    assert y.get("/first")[0] == 200
+    wait_until(lambda: access.exists() and "/first" in access.read_text(), what="the access line")
+    rotated = tmp_path / "access.log.1"
+    access.rename(rotated)
+    y.signal(signal.SIGUSR1)
+    y.wait_log(r"Handling signal: usr1")
+
+    def reopened():
+        y.get("/second")
+        return access.exists() and "/second" in access.read_text()
+    wait_until(reopened, what="a new access.log")
+    assert "/first" in rotated.read_text()
+
+
+def test_usr1_reopens_the_error_log(server, tmp_path):
+    errlog, rotated = tmp_path / "error.log", tmp_path / "error.log.1"
+    y = server("--error-logfile", str(errlog), "hello:application", wait=False)
+    wait_until(lambda: errlog.exists() and "Worker ready" in errlog.read_text(), what="a ready worker")
+    errlog.rename(rotated)
+    y.signal(signal.SIGUSR1)
+    # Logged just before the reopen, so it lands in the old file.
+    wait_until(lambda: "Handling signal: usr1" in rotated.read_text(), what="USR1 handled")
+    y.signal(signal.SIGTERM)
+    assert y.wait_exit() == 0
+    assert "Shutting down: Master" in errlog.read_text()
+    assert "Starting yimmo" in rotated.read_text()
+    assert y.stderr == ""
+
+
+def test_a_killed_worker_is_replaced(server):
+    y = server("-w", "2", "hello:application", workers=2)
+    victim = y.ready_pids()[0]
+    y.signal_worker(victim, signal.SIGKILL)
+    y.wait_log(r"Worker \(pid:%d\) was sent SIGKILL!" % victim)
+    y.wait_log(READY_RE, count=3)
+    assert len(y.live_workers()) == 2 and victim not in y.live_workers()
+    assert y.get("/")[0] == 200
+
+
+def test_a_worker_that_exits_is_replaced(server):
+    y = server("hello:application")
+    victim = y.ready_pids()[0]
+    y.signal_worker(victim, signal.SIGTERM)  # The worker alone drains and exits 0.
+    y.wait_log(READY_RE, count=2)
+    assert victim not in y.live_workers()
+    assert y.get("/")[0] == 200
+
+
+def test_a_stuck_worker_is_killed_after_timeout(server, tmp_path):
+    mark = str(tmp_path / "mark")
+    y = server("-t", "1", "hello:application", env={"YIMMO_TEST_MARK": mark})
+    stuck = y.ready_pids()[0]
+    t0 = time.monotonic()
+    req = _in_background(y.get, "/sleep/60")
+    _in_flight(mark)
+    y.wait_log(r"\[CRITICAL\] WORKER TIMEOUT \(pid:%d\)" % stuck)
+    assert 0.9 < time.monotonic() - t0 < 10
+    y.wait_log(READY_RE, count=2)
+    req["thread"].join(5)
+    assert "error" in req  # The stuck request's connection died with its worker.
+    assert y.get("/")[0] == 200
+
+
+def test_threads_let_other_requests_through_a_slow_one(server, tmp_path):
+    mark = str(tmp_path / "mark")
+    y = Yimmo("--threads", "4", "hello:application", env={"YIMMO_TEST_MARK": mark})
+    try:
+        try:
+            y.wait_log(r"Worker ready|--threads is not supported", timeout=15)
+        except AssertionError:
+            raise
+        if "--threads is not supported" in y.stderr:
+            pytest.skip("WSGIServer does not accept threads= yet: %s" % y.stderr.splitlines()[-1])
+        y.wait_ready(1)
+        slow = _in_background(y.get, "/sleep/3")
+        _in_flight(mark)
+        t0 = time.monotonic()
+        for _ in range(5):
+            assert y.get("/")[0] == 200
+        assert time.monotonic() - t0 < 2.0
+        assert slow["thread"].is_alive()
+        slow["thread"].join(10)
+        assert slow["result"][0] == 200
+    finally:
+        y.close()
+
+
+def test_preload_imports_the_app_in_the_manager(server, tmp_path):
+    mark = tmp_path / "imports"
+    y = server("--preload", "-w", "2", "hello:application", workers=2,
+               env={"YIMMO_TEST_IMPORT_MARK": str(mark)})
+    assert mark.read_text().split() == [str(y.proc.pid)]
+
+
+def test_without_preload_each_worker_imports_the_app(server, tmp_path):
+    mark = tmp_path / "imports"
+    y = server("-w", "2", "hello:application", workers=2, env={"YIMMO_TEST_IMPORT_MARK": str(mark)})
+    assert sorted(int(p) for p in mark.read_text().split()) == sorted(y.ready_pids())
+
+
+# --- Sockets ------------------------------------------------------------------------
+
+
+def test_unix_socket_is_served_and_removed(server, tmp_path):
+    path = str(tmp_path / "y.sock")
+    y = server("hello:application", bind="unix:" + path)
+    assert y.url == "unix:" + path
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and b"hello from" in data
+    y.signal(signal.SIGTERM)
+    assert y.wait_exit() == 0
+    assert not os.path.exists(path)
+
+
+def test_stale_unix_socket_is_replaced_live_one_refused(server, tmp_path):
+    path = str(tmp_path / "y.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()  # The file stays, nobody listens: a crashed server's leftover.
+    y = server("hello:application", bind="unix:" + path)
+    r = run_cli("-b", "unix:" + path, "hello:application")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        "yimmo-wsgi: error: could not bind to unix:%s: another server is listening there" % path)
+    y.signal(signal.SIGTERM)
+    assert y.wait_exit() == 0
+
+
+def test_inherited_fd(server):
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    port = lsock.getsockname()[1]
+    try:
+        y = server("hello:application", bind="fd://%d" % lsock.fileno(), pass_fds=(lsock.fileno(),))
+        assert y.port == port
+        assert y.get("/")[0] == 200
+    finally:
+        lsock.close()
+
+
+@pytest.mark.skipif(not HAVE_WSGISERVER, reason="several listeners need the C WSGIServer (sock=[...])")
+def test_several_binds(server, tmp_path):
+    path = str(tmp_path / "y.sock")
+    y = server("-b", "unix:" + path, "hello:application")
+    assert re.search(r"Listening at: http://127\.0\.0\.1:\d+,unix:%s " % re.escape(path), y.stderr)
+    assert y.get("/")[0] == 200
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.")
+
+
+def test_ipv6_bind(server):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    y = server("hello:application", bind="[::1]:0")
+    assert y.url.startswith("http://[::1]:")
+    assert y.get("/")[0] == 200
+
+
+def test_port_env_sets_the_default_bind(server):
+    s = socket.socket()
+    s.bind(("0.0.0.0", 0))
+    port = s.getsockname()[1]
+    s.close()
+    y = server("hello:application", bind=None, env={"PORT": str(port)})
+    assert y.url == "http://0.0.0.0:%d" % port
+
+
+def test_web_concurrency_sets_the_default_workers(server):
+    y = server("hello:application", workers=3, env={"WEB_CONCURRENCY": "3"})
+    assert len(y.live_workers()) == 3
+
+
+def test_bind_in_use_is_one_line_exit_1(server):
+    y = server("hello:application")
+    r = run_cli("-b", "127.0.0.1:%d" % y.port, "hello:application")
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        "yimmo-wsgi: error: could not bind to 127.0.0.1:%d: Address already in use" % y.port]
+
+
+def test_reuse_port(server):
+    y = server("--reuse-port", "hello:application")
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", y.port))  # Only possible when the server set SO_REUSEPORT too.
+    finally:
+        s.close()
