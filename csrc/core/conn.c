@@ -341,6 +341,18 @@ static int poll_one(ymo_server_t *s, int fd, short events, double timeout)
     }
 }
 
+int ymo_conn_write_now(ymo_conn_t *c)
+{
+    while (c->out.bytes > 0 && !(c->flags & YMO_CONN_CLOSED)) {
+        ssize_t w = write_some(c);
+        if (w == -EAGAIN)
+            return 0;
+        if (w < 0)
+            return (int)w;
+    }
+    return 0;
+}
+
 int ymo_conn_flush_sync(ymo_conn_t *c, double timeout)
 {
     while (c->out.bytes > 0) {

@@ -20,6 +20,7 @@ struct ymo_listener_s {
     ev_io io;
     ev_timer retry;             /* accept paused after EMFILE */
     int fd;
+    struct sockaddr_storage addr;   /* what getsockname() said */
     ymo_server_t *server;
     ymo_listener_t *next;
 };
@@ -201,8 +202,11 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             int one = 1;
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         }
-        if (ymo__conn_new(s, fd, (struct sockaddr *)&ss, len) == NULL)
+        ymo_conn_t *c = ymo__conn_new(s, fd, (struct sockaddr *)&ss, len);
+        if (c == NULL)
             ymo__log(s, YMO_LOG_ERROR, "out of memory accepting a connection");
+        else
+            c->local = &l->addr;
     }
 }
 
@@ -220,6 +224,9 @@ static int add_listener(ymo_server_t *s, int fd)
         return YMO_E_NOMEM;
     l->fd = fd;
     l->server = s;
+    socklen_t alen = sizeof(l->addr);
+    if (getsockname(fd, (struct sockaddr *)&l->addr, &alen) < 0)
+        l->addr.ss_family = AF_UNSPEC;
     ev_io_init(&l->io, on_accept, fd, EV_READ);
     ev_init(&l->retry, on_accept_retry);
     /* Keep the order of creation: address() reports the first. */

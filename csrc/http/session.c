@@ -658,20 +658,44 @@ int ymo_http_check_field(const char *name, size_t nlen, const char *value, size_
     return 0;
 }
 
-int ymo_http_response_begin(ymo_conn_t *c, int status)
+int ymo_http_response_begin_reason(ymo_conn_t *c, int status, const char *reason, size_t len)
 {
     session_t *ss = SESSION(c);
     ymo_http_response_t *r = &ss->resp;
     if (r->flags & YMO_RESP_STARTED)
         return YMO_E_STATE;
-    char line[64];
-    int n = snprintf(line, sizeof(line), "HTTP/1.%d %d %s\r\n",
-                     ss->parser.version_minor >= 1 ? 1 : 0, status, ymo_http_reason(status));
+    if (status < 100 || status > 999)
+        return YMO_E_STATE;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)reason[i];
+        if (ch == '\r' || ch == '\n' || ch == '\0')
+            return YMO_E_BAD_HEADER_VALUE;
+    }
+    /* "HTTP/1.1 200 " reason CRLF */
+    char *p = ymo_outq_reserve(&c->out, 13 + len + 2);
+    if (p == NULL)
+        return YMO_E_NOMEM;
+    memcpy(p, "HTTP/1.", 7);
+    p[7] = ss->parser.version_minor >= 1 ? '1' : '0';
+    p[8] = ' ';
+    p[9] = (char)('0' + status / 100);
+    p[10] = (char)('0' + status / 10 % 10);
+    p[11] = (char)('0' + status % 10);
+    p[12] = ' ';
+    memcpy(p + 13, reason, len);
+    p[13 + len] = '\r';
+    p[14 + len] = '\n';
     r->status = status;
     r->flags = YMO_RESP_STARTED;
     if ((ss->parser.flags & YMO_HTTP_F_HEAD) || status < 200 || status == 204 || status == 304)
         r->flags |= YMO_RESP_NO_BODY;
-    return ymo_outq_copy(&c->out, line, (size_t)n);
+    return 0;
+}
+
+int ymo_http_response_begin(ymo_conn_t *c, int status)
+{
+    const char *reason = ymo_http_reason(status);
+    return ymo_http_response_begin_reason(c, status, reason, strlen(reason));
 }
 
 int ymo_http_response_header(ymo_conn_t *c, const char *name, size_t nlen,

@@ -225,7 +225,16 @@ static int send_head(YmoWSGIRequestObject *rq, int64_t known_len)
         known_len = -1;
     ymo_outq_mark_t mark;
     ymo_outq_mark(&c->out, &mark);
-    if (ymo_http_response_begin(c, rq->code) < 0)
+    /* The reason phrase as the application gave it (checked latin-1 and
+     * free of CR/LF by start_response). */
+    PyObject *kr;
+    const char *status;
+    size_t slen;
+    if (latin1(rq->status, "status", &kr, &status, &slen) < 0)
+        goto fail;
+    int br = ymo_http_response_begin_reason(c, rq->code, status + 4, slen - 4);
+    Py_XDECREF(kr);
+    if (br < 0)
         goto nomem;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rq->headers); i++) {
         PyObject *pair = PyList_GET_ITEM(rq->headers, i);
@@ -577,6 +586,24 @@ static PyObject *decode_path(const char *p, size_t len)
     return r;
 }
 
+/* PATH_INFO: the path with SCRIPT_NAME taken off the front when the path
+ * lies under it (PEP 3333 URL reconstruction). */
+static PyObject *path_info(YmoServerObject *srv, const char *p, size_t len)
+{
+    PyObject *path = decode_path(p, len);
+    Py_ssize_t sl = PyUnicode_GET_LENGTH(srv->script_name);
+    if (path == NULL || sl == 0)
+        return path;
+    Py_ssize_t pl = PyUnicode_GET_LENGTH(path);
+    if (pl >= sl && PyUnicode_Tailmatch(path, srv->script_name, 0, sl, -1) == 1
+        && (pl == sl || PyUnicode_READ_CHAR(path, sl) == '/')) {
+        PyObject *rest = PyUnicode_Substring(path, sl, pl);
+        Py_DECREF(path);
+        return rest;
+    }
+    return path;
+}
+
 static int set_item(PyObject *env, PyObject *key, PyObject *value)
 {
     if (value == NULL)
@@ -661,7 +688,7 @@ static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *in
     if (set_item(env, K[WK_REQUEST_METHOD],
                  ymo__py_method_str(st, base + p->method.off, p->method.len)) < 0
         || PyDict_SetItem(env, K[WK_SCRIPT_NAME], srv->script_name) < 0
-        || set_item(env, K[WK_PATH_INFO], decode_path(base + p->path.off, p->path.len)) < 0
+        || set_item(env, K[WK_PATH_INFO], path_info(srv, base + p->path.off, p->path.len)) < 0
         || set_item(env, K[WK_QUERY_STRING],
                     (p->flags & YMO_HTTP_F_HAS_QUERY)
                         ? PyUnicode_DecodeLatin1(base + p->query.off, p->query.len, NULL)
@@ -705,6 +732,23 @@ static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *in
             if (set_item(env, K[WK_SERVER_PORT], PyUnicode_FromString(https ? "443" : "80")) < 0)
                 goto error;
         }
+    } else if (c->local != NULL
+               && (c->local->ss_family == AF_INET || c->local->ss_family == AF_INET6)) {
+        /* RFC 3875 4.1.14-15: the address the request came in on. */
+        char name[INET6_ADDRSTRLEN] = "";
+        int lport;
+        if (c->local->ss_family == AF_INET) {
+            const struct sockaddr_in *a = (const struct sockaddr_in *)c->local;
+            inet_ntop(AF_INET, &a->sin_addr, name, sizeof(name));
+            lport = ntohs(a->sin_port);
+        } else {
+            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)c->local;
+            inet_ntop(AF_INET6, &a->sin6_addr, name, sizeof(name));
+            lport = ntohs(a->sin6_port);
+        }
+        if (set_item(env, K[WK_SERVER_NAME], PyUnicode_FromString(name)) < 0
+            || set_item(env, K[WK_SERVER_PORT], PyUnicode_FromFormat("%d", lport)) < 0)
+            goto error;
     } else if (PyDict_SetItem(env, K[WK_SERVER_NAME], srv->server_name) < 0
                || PyDict_SetItem(env, K[WK_SERVER_PORT], srv->server_port) < 0) {
         goto error;
@@ -847,6 +891,11 @@ static int send_result(YmoWSGIRequestObject *rq, PyObject *result)
             Py_DECREF(it);
             return -1;
         }
+        /* Streamed as produced: the client gets each chunk while the
+         * application makes the next (a write that would block waits for
+         * the loop, or for the high-water mark). */
+        if (ymo_conn_write_now(rq->conn) < 0)
+            ymo_conn_close(rq->conn);
         if (rq->conn->flags & YMO_CONN_CLOSED)
             break;      /* the client left: stop producing */
     }

@@ -125,6 +125,7 @@ struct ymo_conn_s {
     ymo_conn_t *next_closing;       /* the server's list of closed connections */
     struct sockaddr_storage peer;
     socklen_t peer_len;
+    const struct sockaddr_storage *local;   /* the listener's address */
     uint64_t id;
 };
 
@@ -148,6 +149,10 @@ void ymo_conn_make_ready(ymo_conn_t *c);
 int ymo_conn_reserve(ymo_conn_t *c, size_t n);
 /* Release c->in's storage if it is empty. */
 void ymo_conn_release_input(ymo_conn_t *c);
+
+/* Write what can be written now without waiting and without touching the
+ * loop (safe on a checked-out connection). 0, or -errno on a failed write. */
+int ymo_conn_write_now(ymo_conn_t *c);
 
 /* Blocking helpers for code that must wait on one connection (the
  * application asked for a body that is still arriving). They poll the

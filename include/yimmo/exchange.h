@@ -56,8 +56,11 @@ int ymo_http_check_field(const char *name, size_t nlen, const char *value, size_
 /* The response being written on c. */
 ymo_http_response_t *ymo_http_response(ymo_conn_t *c);
 
-/* Queue the status line. */
+/* Queue the status line, with the standard reason phrase. */
 int ymo_http_response_begin(ymo_conn_t *c, int status);
+/* Queue the status line with the caller's reason phrase (checked: no CR,
+ * LF or NUL; YMO_E_BAD_HEADER_VALUE otherwise). */
+int ymo_http_response_begin_reason(ymo_conn_t *c, int status, const char *reason, size_t len);
 /* Queue one header field; names must be tokens, values must not hold CR,
  * LF or NUL (RFC 9110 5.5). Connection and Transfer-Encoding belong to the
  * server: "Connection: close" is honoured, Transfer-Encoding refused. */

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Memory-safety runs of the test suite (docs/building.md):
+#
+#   scripts/memcheck.sh asan       the suite against an ASan+UBSan build
+#   scripts/memcheck.sh valgrind   a representative subset under valgrind
+#                                  memcheck: zero errors, zero definite leaks
+#
+# Both build into build/ (not the package directory), so the normal build the
+# rest of the suite uses is left alone. Run from the project's virtualenv.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PY:-python}"
+# The interpreter itself, not a wrapper script (pyenv's shims are bash):
+# valgrind must run the real binary.
+PY="$("$PY" -c 'import sys; print(sys.executable)')"
+OUT="$ROOT/build/memcheck"
+
+# A copy of the package with the given extension build beside it.
+build_into() {  # DIR [ENV=VALUE...]
+    local dir="$1"; shift
+    rm -rf "$dir"
+    mkdir -p "$dir/pkg"
+    env "$@" "$PY" setup.py -q build_ext -b "$dir/pkg" -t "$dir/tmp" >"$dir/build.log" 2>&1 \
+        || { cat "$dir/build.log"; exit 1; }
+    if grep -q "warning:" "$dir/build.log"; then
+        grep "warning:" "$dir/build.log"
+        echo "memcheck: the build has warnings" >&2
+        exit 1
+    fi
+    cp yimmo/*.py yimmo/*.pyi yimmo/py.typed "$dir/pkg/yimmo/"
+}
+
+# Tests that measure wall-clock timeouts in tenths of a second or spawn the
+# CLI are left to the normal run: under valgrind everything is 20-50x slower.
+VALGRIND_TESTS=(
+    tests/test_parser.py
+    tests/test_server_basic.py
+    tests/test_server_body.py
+    tests/test_server_errors.py
+    tests/test_wsgi.py
+)
+
+case "${1:-}" in
+asan)
+    build_into "$OUT/asan" YIMMO_DEBUG=1
+    # Leak checking is valgrind's job: CPython keeps interned and cached
+    # objects alive at exit by design, which LeakSanitizer reports.
+    export YIMMO_SANITIZED=1 PYTHONPATH="$OUT/asan/pkg"
+    export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
+    # -P: not the checkout's own yimmo/ (the normal build) but the copy.
+    LD_PRELOAD="$preload" "$PY" -P -c 'import sys, yimmo._yimmo as m
+assert m.__file__.startswith(sys.argv[1]), m.__file__' "$OUT/asan/pkg"
+    LD_PRELOAD="$preload" "$PY" -P -m pytest -q -p no:cacheprovider tests \
+        --ignore=tests/test_cli.py --ignore=tests/test_arbiter.py "${@:2}"
+    ;;
+valgrind)
+    build_into "$OUT/valgrind" YIMMO_CFLAGS="-O1 -g"
+    tests=()
+    for t in "${VALGRIND_TESTS[@]}"; do [ -e "$t" ] && tests+=("$t"); done
+    log="$OUT/valgrind/valgrind.log"
+    YIMMO_SANITIZED=1 PYTHONPATH="$OUT/valgrind/pkg" PYTHONMALLOC=malloc \
+        valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite \
+        --errors-for-leak-kinds=definite --error-exitcode=97 --track-origins=no \
+        --suppressions="$ROOT/scripts/valgrind-python.supp" --log-file="$log" \
+        "$PY" -P -m pytest -q -p no:cacheprovider -x "${tests[@]}" "${@:2}" \
+        -k "not timeout and not slow" || rc=$?
+    rc=${rc:-0}
+    grep -E "ERROR SUMMARY|definitely lost" "$log" | tail -2 || true
+    if [ "$rc" -ne 0 ]; then
+        echo "memcheck: valgrind run failed (exit $rc); see $log" >&2
+        grep -A30 -m5 "^==[0-9]*== [A-Z].*\(Invalid\|uninitialised\|definitely\)" "$log" | head -120 >&2 || true
+        exit "$rc"
+    fi
+    ;;
+*)
+    echo "usage: scripts/memcheck.sh asan|valgrind [pytest args]" >&2
+    exit 2
+    ;;
+esac
