@@ -62,17 +62,49 @@ valgrind)
     tests=()
     for t in "${VALGRIND_TESTS[@]}"; do [ -e "$t" ] && tests+=("$t"); done
     log="$OUT/valgrind/valgrind.log"
+    # The interpreter has valgrind reports of its own (uninitialised-value
+    # chains inside CPython, AVX2 string over-reads in glibc). The verdict
+    # is ours: no error whose stack passes through yimmo's code, and no
+    # definitely lost block at all.
+    rc=0
     YIMMO_SANITIZED=1 PYTHONPATH="$OUT/valgrind/pkg" PYTHONMALLOC=malloc \
         valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite \
-        --errors-for-leak-kinds=definite --error-exitcode=97 --track-origins=no \
-        --suppressions="$ROOT/scripts/valgrind-python.supp" --log-file="$log" \
-        "$PY" -P -m pytest -q -p no:cacheprovider -x "${tests[@]}" "${@:2}" \
+        --suppressions="$ROOT/scripts/valgrind-python.supp" --num-callers=30 \
+        --log-file="$log" \
+        "$PY" -P -m pytest -q -p no:cacheprovider "${tests[@]}" "${@:2}" \
         -k "not timeout and not slow" || rc=$?
-    rc=${rc:-0}
-    grep -E "ERROR SUMMARY|definitely lost" "$log" | tail -2 || true
+    "$PY" - "$log" <<'PYEOF' || rc=$?
+import re, sys
+text = open(sys.argv[1]).read()
+ours = re.compile(r"_yimmo|\bymo_|\bymo__|csrc/")
+frame = re.compile(r"^==\d+==\s+(at|by) ")
+
+def implicates_us(block):
+    # The error is ours when one of the innermost frames is ours, or when
+    # our code freed or allocated the memory it touched. An error deep in
+    # the interpreter running the application that yimmo called is not.
+    lines = block.splitlines()
+    main, sub, in_sub = [], [], False
+    for line in lines[1:]:
+        if re.search(r"(free'd|alloc'd|was allocated|is on thread)", line):
+            in_sub = True
+        elif frame.match(line):
+            (sub if in_sub else main).append(line)
+    return any(ours.search(l) for l in main[:4]) or any(ours.search(l) for l in sub)
+
+blocks = re.split(r"\n==\d+== \n", text)
+bad = [b for b in blocks
+       if re.search(r"Invalid (read|write|free)|uninitialised|Mismatched|overlap", b)
+       and implicates_us(b)]
+lost = re.search(r"definitely lost: ([\d,]+) bytes", text)
+lost = int(lost.group(1).replace(",", "")) if lost else 0
+print("valgrind: %d error reports in yimmo's code, %d bytes definitely lost" % (len(bad), lost))
+for b in bad[:5]:
+    print(b)
+sys.exit(1 if bad or lost else 0)
+PYEOF
     if [ "$rc" -ne 0 ]; then
         echo "memcheck: valgrind run failed (exit $rc); see $log" >&2
-        grep -A30 -m5 "^==[0-9]*== [A-Z].*\(Invalid\|uninitialised\|definitely\)" "$log" | head -120 >&2 || true
         exit "$rc"
     fi
     ;;
