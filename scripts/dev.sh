@@ -83,6 +83,15 @@ ensure_venv() {
 # pip with the noise turned down.
 pip_q() { "$PY" -m pip -q --disable-pip-version-check "$@"; }
 
+# The venv's python for running yimmo. A YIMMO_DEBUG=1 build needs the ASan
+# runtime loaded first, since the interpreter itself is not instrumented.
+PYRUN=("$PY")
+if [ "${YIMMO_DEBUG:-}" = 1 ]; then
+    PYRUN=(env "LD_PRELOAD=$(gcc -print-file-name=libasan.so)${LD_PRELOAD:+ $LD_PRELOAD}"
+           "ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0}"
+           "UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}" "$PY")
+fi
+
 setup() {
     apt_ensure "${APT_BUILD[@]}"
     check_python
@@ -107,30 +116,35 @@ build() {
     log "building yimmo${YIMMO_DEBUG:+ (YIMMO_DEBUG=$YIMMO_DEBUG)}"
     pip_q install --no-build-isolation -e "$spec"
     # A missing symbol only shows when the module is loaded: load it now.
-    "$PY" -c 'import yimmo' || die "yimmo built but does not import (see the error above)"
+    "${PYRUN[@]}" -c 'import yimmo' || die "yimmo built but does not import (see the error above)"
 }
 
 run_tests() {
-    local rc=0 a paths=(tests)
+    local rc=0 a paths=(tests) extra=()
+    # A sanitizer writes its report to fd 2 as the process dies: keep pytest
+    # from capturing that descriptor, or the report is lost.
+    if [ "${YIMMO_DEBUG:-}" = 1 ]; then extra=(--capture=sys); fi
     # Paths given on the command line replace the default, tests/.
     for a in "$@"; do
         case "$a" in -*) ;; *) paths=() ;; esac
     done
     log "pytest"
-    "$PY" -m pytest -q "${paths[@]}" "$@" || rc=$?
+    "${PYRUN[@]}" -m pytest -q "${extra[@]}" "${paths[@]}" "$@" || rc=$?
     if [ "$rc" -eq 5 ]; then
         echo "dev.sh: pytest collected no tests; that is a failure" >&2
     fi
     [ "$rc" -eq 0 ] || return "$rc"
 
-    # --- Later test stages go here (the lead adds them) ------------------------
-    # e.g. an ASan/UBSan pass:  YIMMO_DEBUG=1 build, then pytest under
-    #      LD_PRELOAD="$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0
-    #      pytest --capture=sys (so the sanitizer's report is not swallowed);
-    #      see docs/building.md;
-    #      a valgrind pass:     valgrind --error-exitcode=1 "$PY" -m pytest ...
-    # Each stage must fail the script on failure and print its own summary.
-    # ---------------------------------------------------------------------------
+    # Memory safety (docs/building.md): the suite against an ASan+UBSan
+    # build, then a representative subset under valgrind memcheck. Both build
+    # into build/memcheck and leave the in-place -O2 build alone.
+    # YIMMO_SKIP_MEMCHECK=1 skips them for a quick local run.
+    if [ "${YIMMO_SKIP_MEMCHECK:-}" != 1 ] && [ "${YIMMO_DEBUG:-}" != 1 ]; then
+        log "ASan + UBSan"
+        PY="$PY" "$ROOT/scripts/memcheck.sh" asan || return $?
+        log "valgrind memcheck"
+        PY="$PY" "$ROOT/scripts/memcheck.sh" valgrind || return $?
+    fi
     return 0
 }
 
@@ -148,10 +162,12 @@ case "$cmd" in
     serve)
         setup
         log "serving examples/hello.py (Ctrl-C stops)"
-        exec "$PY" examples/hello.py "$@"
+        exec "${PYRUN[@]}" examples/hello.py "$@"
         ;;
     test)
         setup
+        # valgrind for the memcheck stage; curl for the README's example.
+        apt_ensure valgrind curl
         run_tests "$@"
         ;;
     bench)

@@ -7,6 +7,8 @@ stop() and a clean return asserted at teardown) and adds two checks of its own:
 * every application is wrapped in `wsgiref.validate.validator` unless the test
   asks for `validate=False`; the modules using it turn `WSGIWarning` into an
   error (`pytestmark`), so a warning fails the request with a 500;
+* it runs each test with the application on the loop thread and again on
+  worker threads (`threads=2`);
 * every record the `yimmo` logger emits is kept in `live.errors`; teardown
   fails when one was logged and the test did not say `expect_errors=True`.
 """
@@ -60,9 +62,14 @@ class LiveWSGI(LiveServer):
         return self.get(path, method=method, body=body, headers=headers)
 
 
-@pytest.fixture
-def wsgi_server():
-    """Factory: wsgi_server(app, validate=True, expect_errors=False, **kw) -> LiveWSGI."""
+@pytest.fixture(params=[0, 2], ids=["loop", "threads"])
+def wsgi_server(request):
+    """Factory: wsgi_server(app, validate=True, expect_errors=False, **kw) -> LiveWSGI.
+
+    Each test runs twice: the application called on the loop thread
+    (threads=0) and on a pool of two worker threads (threads=2), unless the
+    test passes threads= itself.
+    """
     logger = logging.getLogger("yimmo")
     log = LogCollector()
     old_level = logger.level
@@ -78,7 +85,9 @@ def wsgi_server():
             expect["errors"] = True
         if "sock" not in kw:
             kw.setdefault("port", 0)
+        kw.setdefault("threads", request.param)
         live = LiveWSGI(yimmo.WSGIServer(app, **kw), log)
+        live.threads = kw["threads"]
         started.append(live)
         live.thread.start()
         wait_accepting(live)
