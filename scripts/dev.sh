@@ -3,8 +3,8 @@
 # Debian machine lacks (idempotent: a second run installs nothing).
 #
 #   ./scripts/dev.sh setup          system packages, .venv, pip install -e .[test]
-#   ./scripts/dev.sh serve [ARGS]   setup, then serve examples/hello.py on
-#                                   http://127.0.0.1:8000 (ARGS: --host H --port N)
+#   ./scripts/dev.sh serve [ARGS]   setup, then yimmo-wsgi examples.app:app on
+#                                   http://127.0.0.1:8000 (ARGS: yimmo-wsgi flags, e.g. -w 2)
 #   ./scripts/dev.sh build          rebuild the C extension (pip install -e .)
 #   ./scripts/dev.sh test [ARGS]    setup, build, run the whole test suite
 #                                   (ARGS go to pytest); what .ci/run calls
@@ -161,8 +161,8 @@ case "$cmd" in
         ;;
     serve)
         setup
-        log "serving examples/hello.py (Ctrl-C stops)"
-        exec "${PYRUN[@]}" examples/hello.py "$@"
+        log "serving the WSGI example examples/app.py on http://127.0.0.1:8000 (Ctrl-C stops)"
+        exec "$VENV/bin/yimmo-wsgi" examples.app:app "$@"
         ;;
     test)
         setup

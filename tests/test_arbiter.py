@@ -14,26 +14,9 @@ import time
 import pytest
 
 import yimmo
-from apps.harness import (APPS, EXIT_RE, READY_RE, Yimmo, pid_gone, run_cli, wait_until)
+from apps.harness import EXIT_RE, READY_RE, pid_gone, run_cli, server, wait_until  # noqa: F401
 
 HAVE_WSGISERVER = hasattr(yimmo, "WSGIServer")
-
-
-@pytest.fixture
-def server():
-    """Factory: server(*cli_args, workers=N, **kw) -> a ready Yimmo; always torn down."""
-    started = []
-
-    def start(*args, workers=1, wait=True, **kw):
-        y = Yimmo(*args, **kw)
-        started.append(y)
-        if wait:
-            y.wait_ready(workers)
-        return y
-
-    yield start
-    for y in started:
-        y.close()
 
 
 def _in_background(fn, *args):
@@ -241,26 +224,20 @@ def test_a_stuck_worker_is_killed_after_timeout(server, tmp_path):
 
 def test_threads_let_other_requests_through_a_slow_one(server, tmp_path):
     mark = str(tmp_path / "mark")
-    y = Yimmo("--threads", "4", "hello:application", env={"YIMMO_TEST_MARK": mark})
-    try:
-        try:
-            y.wait_log(r"Worker ready|--threads is not supported", timeout=15)
-        except AssertionError:
-            raise
-        if "--threads is not supported" in y.stderr:
-            pytest.skip("WSGIServer does not accept threads= yet: %s" % y.stderr.splitlines()[-1])
-        y.wait_ready(1)
-        slow = _in_background(y.get, "/sleep/3")
-        _in_flight(mark)
-        t0 = time.monotonic()
-        for _ in range(5):
-            assert y.get("/")[0] == 200
-        assert time.monotonic() - t0 < 2.0
-        assert slow["thread"].is_alive()
-        slow["thread"].join(10)
-        assert slow["result"][0] == 200
-    finally:
-        y.close()
+    y = server("--threads", "4", "hello:application", env={"YIMMO_TEST_MARK": mark}, wait=False)
+    y.wait_log(r"Worker ready|--threads is not supported")
+    if "--threads is not supported" in y.stderr:
+        pytest.skip("WSGIServer does not accept threads= yet: %s" % y.stderr.splitlines()[-1])
+    y.wait_ready(1)
+    slow = _in_background(y.get, "/sleep/2")
+    _in_flight(mark)
+    t0 = time.monotonic()
+    for _ in range(5):
+        assert y.get("/")[0] == 200
+    assert time.monotonic() - t0 < 1.5
+    assert slow["thread"].is_alive()
+    slow["thread"].join(10)
+    assert slow["result"][0] == 200
 
 
 def test_preload_imports_the_app_in_the_manager(server, tmp_path):
@@ -378,3 +355,85 @@ def test_reuse_port(server):
         s.bind(("127.0.0.1", y.port))  # Only possible when the server set SO_REUSEPORT too.
     finally:
         s.close()
+
+
+# --- Code that breaks under a running server ---------------------------------------
+
+GOOD_APP = '''
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"v1"]
+'''
+BROKEN_APP = "import yimmo_no_such_dependency_after_deploy  # the new code is broken\n"
+
+
+def test_hup_with_an_app_that_no_longer_loads_keeps_the_old_workers(server, tmp_path):
+    (tmp_path / "flip.py").write_text(GOOD_APP)
+    y = server("-w", "2", "flip:application", cwd=tmp_path, workers=2,
+               env={"PYTHONDONTWRITEBYTECODE": "1"})
+    old = sorted(y.ready_pids())
+    (tmp_path / "flip.py").write_text(BROKEN_APP)
+    y.signal(signal.SIGHUP)
+    y.wait_log(r"\[ERROR\] Reload failed, keeping the old workers: .*yimmo_no_such_dependency_after_deploy")
+    assert y.get("/")[2] == b"v1"
+    assert sorted(y.live_workers()) == old
+    assert y.proc.poll() is None
+    # A later HUP with fixed code goes through.
+    (tmp_path / "flip.py").write_text(GOOD_APP.replace("v1", "v2"))
+    y.signal(signal.SIGHUP)
+    y.wait_log(READY_RE, count=4)
+    wait_until(lambda: all(pid_gone(p) for p in old), what="the old workers to stop")
+    assert y.get("/")[2] == b"v2"
+
+
+def test_a_replacement_that_cannot_load_the_app_stops_the_manager(server, tmp_path):
+    (tmp_path / "flip.py").write_text(GOOD_APP)
+    y = server("flip:application", cwd=tmp_path, env={"PYTHONDONTWRITEBYTECODE": "1"})
+    (tmp_path / "flip.py").write_text(BROKEN_APP)
+    y.signal_worker(y.ready_pids()[0], signal.SIGKILL)
+    assert y.wait_exit() == 3
+    assert y.stderr.splitlines()[-1].startswith(
+        "yimmo-wsgi: error: worker failed to boot: error importing 'flip': ModuleNotFoundError")
+
+
+def test_second_int_makes_the_drain_fast(server, tmp_path):
+    mark = str(tmp_path / "mark")
+    y = server("--graceful-timeout", "30", "hello:application", env={"YIMMO_TEST_MARK": mark})
+    req = _in_background(y.get, "/sleep/20")
+    _in_flight(mark)
+    t0 = time.monotonic()
+    y.signal(signal.SIGINT)
+    y.wait_log(r"Handling signal: int")
+    y.signal(signal.SIGINT)
+    assert y.wait_exit() == 0
+    assert time.monotonic() - t0 < 5
+    req["thread"].join(5)
+    assert "error" in req
+
+
+def _rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
+def _hammer(y, rounds, per_conn=50):
+    """rounds connections, each with per_conn pipelined keep-alive requests, all answered."""
+    req = b"GET /x?y=1 HTTP/1.1\r\nHost: t\r\nUser-Agent: memtest\r\n\r\n"
+    last = req.replace(b"Host: t", b"Host: t\r\nConnection: close")
+    for _ in range(rounds):
+        data = y.raw(req * (per_conn - 1) + last)
+        assert data.count(b"HTTP/1.1 200") == per_conn
+
+
+def test_worker_memory_stays_flat_over_a_long_run(server, tmp_path):
+    # Access log on: the Python side of every request (environ, the log line) runs.
+    y = server("--access-logfile", str(tmp_path / "access.log"), "hello:application")
+    pid = y.ready_pids()[0]
+    _hammer(y, 100)                     # Warm up: caches, arenas, the log file buffer.
+    before = _rss_kib(pid)
+    _hammer(y, 2000)                    # 100,000 requests on 2,000 connections.
+    after = _rss_kib(pid)
+    assert after - before < 1024, "worker RSS grew %d KiB over 100,000 requests" % (after - before)

@@ -428,6 +428,8 @@ def test_no_100_continue_for_http10(wsgi_server):
     assert resp.body == repr(b"hello").encode()
 
 
+@pytest.mark.skipif(bool(os.environ.get("YIMMO_SANITIZED")),
+                    reason="RSS is not meaningful under sanitizers (quarantine)")
 @pytest.mark.parametrize("framing", ["chunked", "content-length"])
 def test_64mib_upload_streams_in_bounded_memory(wsgi_server, framing):
     """A 1 GiB-class upload scaled down: 64 MiB through wsgi.input in 64 KiB reads."""

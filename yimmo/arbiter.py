@@ -30,7 +30,6 @@ Workers tell the manager over a pipe when they are ready to serve, or why
 they could not load the app: the startup lines are held until the first
 worker is ready, so a bad app name costs the user one line, not a log.
 """
-import errno
 import logging
 import mmap
 import os
@@ -40,6 +39,7 @@ import socket
 import stat
 import struct
 import sys
+import threading
 import time
 
 from . import __version__
@@ -56,6 +56,10 @@ EXIT_BOOT_ERROR = 3     # a replacement worker could not load the app
 # manager why over the status pipe first).
 WORKER_BOOT_ERROR = 3
 
+# After QUIT a worker whose app still holds the loop thread exits this many
+# seconds later, without waiting for it.
+QUIT_GRACE = 1.0
+
 _HANDLED = [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
             signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGWINCH]
 _SIGNAMES = {getattr(signal, n): n[3:].lower() for n in dir(signal)
@@ -63,12 +67,8 @@ _SIGNAMES = {getattr(signal, n): n[3:].lower() for n in dir(signal)
 
 
 def _server_class():
-    """yimmo.WSGIServer, or the temporary pure-Python stand-in until it lands."""
     import yimmo
-    cls = getattr(yimmo, "WSGIServer", None)
-    if cls is None:
-        from ._fallback import WSGIServer as cls  # TEMPORARY, see _fallback.py
-    return cls
+    return yimmo.WSGIServer
 
 
 class BindError(Exception):
@@ -151,6 +151,7 @@ class AccessLog:
     def __init__(self, fmt, path):
         self.fmt = fmt
         self.path = path
+        self.lock = threading.Lock()  # With --threads, responses finish on several threads.
         self.stream = self._open()
         names = set()
 
@@ -170,8 +171,9 @@ class AccessLog:
         if self.path == "-":
             return
         new = self._open()
-        old, self.stream = self.stream, new
-        old.close()
+        with self.lock:
+            old, self.stream = self.stream, new
+            old.close()
 
     def close(self):
         if self.stream is not sys.stdout:
@@ -185,8 +187,10 @@ class AccessLog:
             except Exception:
                 v = None
             atoms[name] = "-" if v is None or v == "" else v
+        line = self.fmt % atoms + "\n"
         try:
-            self.stream.write(self.fmt % atoms + "\n")
+            with self.lock:
+                self.stream.write(line)
         except (OSError, ValueError):
             pass  # A full disk or a closed stdout must not fail the response.
 
@@ -393,26 +397,30 @@ class WorkerProcess:
         self.settings = arbiter.settings
         self.srv = None
         self.stopping = False
+        self.exiting = False
+        self.exiting_process = False
+        self.reopen_requested = False
 
     def run(self):
-        status = 0
+        status = 1
         try:
-            status = self._run()
-        except SystemExit as e:
-            status = e.code if isinstance(e.code, int) else 0
-        except KeyboardInterrupt:
-            status = 0
-        except BaseException:
-            log.exception("Worker (pid:%d) failed", os.getpid())
-            status = 1
-        finally:
-            logging.shutdown()
             try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            except Exception:
-                pass
-        os._exit(status)
+                status = self._run()
+            except SystemExit as e:
+                status = e.code if isinstance(e.code, int) else 0
+            except KeyboardInterrupt:
+                status = 0
+            except BaseException:
+                log.exception("Worker (pid:%d) failed", os.getpid())
+                status = 1
+            self.exiting_process = True  # From here on a signal handler raises nothing.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            # Whatever happens above (even a signal during the flush), this
+            # process never returns into the manager's code.
+            os._exit(status)
 
     def _report(self, line):
         msg = line.replace("\n", " ").encode("utf-8", "backslashreplace")[:select.PIPE_BUF - 16]
@@ -453,16 +461,21 @@ class WorkerProcess:
             max_request_line=s.limit_request_line,
             max_headers=s.limit_request_fields,
             max_header_size=s.limit_request_field_size,
-            multiprocess=s.workers > 1,
+            multiprocess=a.num_workers > 1,
             access_log=a.logs.access,
         )
-        if s.timeout > 0:
-            beat, pack, now = self.worker.beat, struct.pack_into, time.monotonic
+        beat, pack, now = self.worker.beat, struct.pack_into, time.monotonic
 
-            def heartbeat():
-                pack("d", beat, 0, now())
-            kw["on_tick"] = heartbeat
-            kw["tick_interval"] = max(0.05, min(1.0, s.timeout / 4.0))
+        def tick():
+            # On the loop thread: the heartbeat, and a USR1's log reopen
+            # (done here rather than in the signal handler, which may have
+            # interrupted a write to the very file it would close).
+            pack("d", beat, 0, now())
+            if self.reopen_requested:
+                self.reopen_requested = False
+                a.logs.reopen()
+        kw["on_tick"] = tick
+        kw["tick_interval"] = max(0.05, min(1.0, s.timeout / 4.0)) if s.timeout > 0 else 1.0
         if s.threads:
             kw["threads"] = s.threads
         cls = _server_class()
@@ -489,8 +502,23 @@ class WorkerProcess:
     def _stop(self, timeout):
         self.stopping = True
         if self.srv is None:
-            raise SystemExit(0)  # Still loading the app: nothing in flight.
+            if not self.exiting_process:
+                self.exiting_process = True
+                raise SystemExit(0)  # Still loading the app: nothing in flight.
+            return
         self.srv.stop(timeout)
+
+    def _stop_now(self):
+        """Close everything; if the app holds the loop thread, exit anyway after a moment."""
+        self._stop(0)
+        if not self.exiting:
+            self.exiting = True
+            threading.Thread(target=self._exit_soon, name="yimmo-quit", daemon=True).start()
+
+    @staticmethod
+    def _exit_soon():
+        time.sleep(QUIT_GRACE)
+        os._exit(0)
 
     def _on_term(self, signum, frame):
         self._stop(self.settings.graceful_timeout)
@@ -498,13 +526,16 @@ class WorkerProcess:
     def _on_int(self, signum, frame):
         # Ctrl-C reaches the whole process group: drain like TERM, the
         # manager decides; a second INT is the impatient user.
-        self._stop(0 if self.stopping else self.settings.graceful_timeout)
+        if self.stopping:
+            self._stop_now()
+        else:
+            self._stop(self.settings.graceful_timeout)
 
     def _on_quit(self, signum, frame):
-        self._stop(0)
+        self._stop_now()
 
     def _on_usr1(self, signum, frame):
-        self.arbiter.logs.reopen()
+        self.reopen_requested = True  # Done by the next tick.
 
 
 # --- The manager -------------------------------------------------------------------
@@ -682,6 +713,8 @@ class Arbiter:
                 if other.gen == failed:
                     self._retire(other, signal.SIGQUIT)
             return
+        if w is not None and w.gen != self.gen:
+            return  # Another worker of a reload already abandoned.
         log.error("Worker (pid:%d) failed to boot: %s", pid, msg)
         self.fatal = "worker failed to boot: %s" % (msg,)
         self.exit_status = EXIT_BOOT_ERROR
@@ -747,7 +780,7 @@ class Arbiter:
             w.beat.close()
             return
         if pid == 0:
-            self.sig_queue = []
+            self.sig_queue, self.held, self.holding = [], [], False
             WorkerProcess(self, w).run()  # Never returns.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
         w.pid = pid
@@ -793,6 +826,10 @@ class Arbiter:
             self._kill(w, sig)
 
     def _reap(self):
+        # A worker writes its boot report before it exits: read reports
+        # first, so a boot failure is never mistaken for a plain death.
+        if self.status_r >= 0:
+            self._read_status()
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)

@@ -363,7 +363,8 @@ def build_parser(prog="yimmo-wsgi"):
                "e.g. YIMMO_WORKERS) and a key of the config file. Precedence: command line > "
                "environment > config file > default.",
         argument_default=argparse.SUPPRESS)
-    p.add_argument("app", nargs="?", metavar="APP", help=BY_NAME["app"].help)
+    p.add_argument("app", nargs="?", metavar="APP",
+                   help=BY_NAME["app"].help + " [%s]" % BY_NAME["app"].env)
     for o in OPTIONS:
         if not o.flags:
             continue
@@ -475,6 +476,9 @@ def format_settings(settings):
         if o.name in ("check_config", "print_config", "version"):
             continue
         v = getattr(settings, o.name)
+        if o.name == "config":  # Not a file key: shown for information.
+            lines.append("# config = %s  # %s" % (_toml_value(v) if v else "(none)", settings.source(o.name)))
+            continue
         lines.append("%s = %s  # %s" % (o.name, _toml_value(v), settings.source(o.name))
                      if v is not None else "# %s = (unset)" % o.name)
     return "\n".join(lines)
@@ -511,3 +515,7 @@ def options_table():
             what += " (WSGIServer `%s=`)" % o.maps_to
         rows.append("| `%s` | %s | %s | %s | %s |" % (o.name, flags, env, default, what))
     return "\n".join(rows)
+
+
+if __name__ == "__main__":  # `python -m yimmo.config` prints the table docs/wsgi.md embeds.
+    print(options_table())

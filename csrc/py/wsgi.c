@@ -708,10 +708,23 @@ static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *in
             goto error;
     }
 
-    /* SERVER_NAME and SERVER_PORT from Host when there is one. */
-    if (host != NULL && host->value.len > 0) {
-        const char *hv = base + host->value.off;
-        size_t hl = host->value.len, colon = hl;
+    /* SERVER_NAME and SERVER_PORT from Host when there is one; from the
+     * request-target when it is in absolute form (RFC 9112 3.2.2: the
+     * target's authority wins over Host). */
+    const char *hv = host != NULL ? base + host->value.off : NULL;
+    size_t hl = host != NULL ? host->value.len : 0;
+    const char *t = base + p->target.off;
+    if (p->target.len > 0 && t[0] != '/' && p->path.off > p->target.off) {
+        const char *sep = memchr(t, ':', p->target.len);
+        size_t start = sep != NULL ? (size_t)(sep - t) + 3 : 0;
+        size_t end = p->path.off - p->target.off;
+        if (sep != NULL && start < end && start + 2 <= p->target.len && sep[1] == '/' && sep[2] == '/') {
+            hv = t + start;
+            hl = end - start;
+        }
+    }
+    if (hv != NULL && hl > 0) {
+        size_t colon = hl;
         if (hv[0] == '[') {
             const char *rb = memchr(hv, ']', hl);
             if (rb != NULL && (size_t)(rb - hv) + 1 < hl && rb[1] == ':')

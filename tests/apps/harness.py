@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 APPS = Path(__file__).resolve().parent
 REPO = APPS.parent.parent
 TIMEOUT = 15.0
@@ -202,3 +204,23 @@ class Yimmo:
             t.join(5)
         self.proc.stdout.close()
         self.proc.stderr.close()
+
+
+@pytest.fixture
+def server():
+    """Factory: server(*cli_args, workers=N, wait=True, **Yimmo kw) -> a ready Yimmo.
+
+    Every server started is torn down (fast stop, then any straggler killed).
+    """
+    started = []
+
+    def start(*args, workers=1, wait=True, **kw):
+        y = Yimmo(*args, **kw)
+        started.append(y)
+        if wait:
+            y.wait_ready(workers)
+        return y
+
+    yield start
+    for y in started:
+        y.close()

@@ -1,0 +1,436 @@
+"""`yimmo-wsgi` / `python -m yimmo`: flags, environment, config file, app specs.
+
+The resolution matrix (every option from each source, every bad value) runs
+in-process through yimmo.config.load, the function main() calls; the rest
+runs the real CLI in a subprocess. Bad input of any kind must give exit
+status 2 and exactly one line on stderr: "yimmo-wsgi: error: ...".
+"""
+import re
+import socket
+import tomllib
+
+import pytest
+
+import yimmo
+from yimmo import config
+from apps.harness import APPS, run_cli, server, wait_until  # noqa: F401
+
+ERR = "yimmo-wsgi: error: "
+
+
+def assert_one_line_error(r, *fragments):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(ERR), r.stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+# --- Basics ------------------------------------------------------------------------
+
+
+def test_version():
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout == "yimmo-wsgi %s\n" % yimmo.__version__
+
+
+def test_help_lists_every_flag_and_variable():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for o in config.OPTIONS:
+        for flag in o.flags:
+            assert flag in r.stdout, flag
+        if o.name not in config.CLI_ONLY:
+            assert o.env in r.stdout, o.env
+
+
+def test_console_script_is_declared():
+    with open(APPS.parent.parent / "pyproject.toml", "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert scripts["yimmo-wsgi"] == "yimmo.cli:main"
+
+
+def test_no_app_is_an_error():
+    assert_one_line_error(run_cli("-w", "2"), "no application given")
+
+
+# --- Bad flags ------------------------------------------------------------------------
+
+BAD_FLAGS = [
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["-w"], "expected one argument"),
+    (["-w", "0"], "-w/--workers: must be >= 1"),
+    (["--workers", "two"], "expected an integer"),
+    (["--threads", "-1"], "--threads: must be >= 0"),
+    (["-t", "soon"], "-t/--timeout: expected a number"),
+    (["--graceful-timeout", "-5"], "must be >= 0"),
+    (["--keep-alive", "0"], "--keep-alive: must be > 0"),
+    (["--log-level", "loud"], "must be one of debug, info, warning, error, critical"),
+    (["-b", "localhost:http"], "bad port 'http'"),
+    (["-b", "127.0.0.1:70000"], "bad port '70000'"),
+    (["-b", "[::1"], "missing ']'"),
+    (["-b", "::1:80"], "write IPv6 addresses as [ADDR]:PORT"),
+    (["-b", "unix:"], "has no path"),
+    (["-b", "fd://three"], "fd:// takes a file descriptor number"),
+    (["--access-logformat", "%(h"], "not a valid log format"),
+    (["--limit-request-line", "0"], "must be >= 1"),
+    (["--limit-request-fields", "x"], "expected an integer"),
+    (["--limit-request-field-size", "0"], "must be >= 1"),
+    (["--max-body-size", "-1"], "must be >= 1"),
+    (["--backlog", "0"], "must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_bad_flag_is_one_line_exit_2(args, fragment):
+    assert_one_line_error(run_cli("hello:application", *args), fragment)
+
+
+# --- App specs ------------------------------------------------------------------------
+
+BAD_APPS = [
+    ("nosuchmodule:app", "cannot import 'nosuchmodule': no module named 'nosuchmodule'"),
+    ("hello.nosub:app", "cannot import 'hello.nosub'"),
+    ("hello:nope", "module 'hello' has no attribute 'nope'"),
+    ("hello:create_app(", "invalid expression 'create_app('"),
+    ("hello:", "nothing after ':'"),
+    ("1bad:app", "is not a module name"),
+    ("hello:not_callable", "app 'hello:not_callable' is not callable (it is int)"),
+    ("hello:create_app(1, 2, 3)", "raised TypeError"),
+    ("hello:failing_factory()", "raised RuntimeError: the factory refused"),
+    ("hello:undefined_name.attr", "raised NameError"),
+    ("broken_import", "error importing 'broken_import': ModuleNotFoundError: "
+                      "No module named 'yimmo_no_such_dependency' (broken_import.py:2)"),
+]
+
+
+@pytest.mark.parametrize("spec,fragment", BAD_APPS, ids=[s for s, _ in BAD_APPS])
+def test_bad_app_check_config(spec, fragment):
+    assert_one_line_error(run_cli("--check-config", spec), fragment)
+
+
+@pytest.mark.parametrize("spec,fragment", [BAD_APPS[0], BAD_APPS[2], BAD_APPS[6], BAD_APPS[10]],
+                         ids=["missing-module", "missing-name", "not-callable", "import-error-inside"])
+def test_bad_app_when_serving_is_one_line_exit_2(spec, fragment):
+    # Loaded in the worker after fork: the manager holds its startup lines
+    # until a worker is ready, so the user still sees one line.
+    assert_one_line_error(run_cli("-b", "127.0.0.1:0", "-w", "2", spec), fragment)
+
+
+def test_bad_app_with_preload_is_one_line_exit_2():
+    assert_one_line_error(run_cli("-b", "127.0.0.1:0", "--preload", "hello:nope"), "has no attribute 'nope'")
+
+
+def test_syntax_error_in_the_module(tmp_path):
+    (tmp_path / "badsyntax.py").write_text("def application(environ, start_response)\n    return []\n")
+    line = assert_one_line_error(run_cli("--check-config", "badsyntax:application", cwd=tmp_path),
+                                 "error importing 'badsyntax': SyntaxError")
+    assert "badsyntax.py:1)" in line
+
+
+@pytest.mark.parametrize("spec", ["hello", "hello:application", "hello:app", 'hello:create_app("hi")',
+                                  "hello:create_app(greeting='hi')", "only_app",
+                                  "hello : application"])
+def test_good_app_check_config(spec):
+    r = run_cli("--check-config", spec)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+
+
+def test_factory_expression_is_served(server):
+    y = server('hello:create_app("howdy")')
+    status, _, body = y.get("/")
+    assert status == 200 and body.startswith(b"howdy from ")
+
+
+def test_cwd_is_on_sys_path(tmp_path):
+    (tmp_path / "mine.py").write_text("def app(e, s):\n    return []\n")
+    assert run_cli("--check-config", "mine:app", cwd=tmp_path).returncode == 0
+
+
+# --- Config file --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("workers = \n", "invalid TOML"),
+    ("wrokers = 2\n", "unknown option 'wrokers'"),
+    ("workers = 'two'\n", "workers: expected an integer"),
+    ("workers = 0\n", "workers: must be >= 1"),
+    ("bind = 8000\n", "bind: expected a string or a non-empty list of strings"),
+    ("bind = ['ok:1', 'bad:x']\n", "bad port 'x'"),
+    ("reuse_port = 'maybe'\n", "expected true or false"),
+    ("version = true\n", "unknown option 'version'"),
+    ("[section]\nworkers = 2\n", "unknown option 'section'"),
+], ids=["syntax", "unknown-key", "type", "range", "bind-type", "bind-value", "bool", "cli-only", "table"])
+def test_bad_config_file_is_one_line_exit_2(tmp_path, text, fragment):
+    path = tmp_path / "y.toml"
+    path.write_text(text)
+    line = assert_one_line_error(run_cli("-c", str(path), "hello:application"), fragment)
+    assert str(path) in line
+
+
+def test_missing_config_file(tmp_path):
+    assert_one_line_error(run_cli("-c", str(tmp_path / "nope.toml"), "hello"), "not found")
+
+
+def test_config_file_from_environment(tmp_path):
+    path = tmp_path / "y.toml"
+    path.write_text('app = "hello:app"\nworkers = 3\n')
+    r = run_cli("--print-config", env={"YIMMO_CONFIG": str(path)})
+    assert r.returncode == 0
+    assert 'app = "hello:app"  # config file' in r.stdout
+    assert "workers = 3  # config file" in r.stdout
+
+
+def test_print_config_round_trips_as_a_config_file(tmp_path):
+    r = run_cli("--print-config", "-w", "3", "-b", "unix:/tmp/x.sock", "-b", "[::1]:9000",
+                "--access-logformat", '%(h)s "%(r)s" %({x-id}i)s', "--reuse-port", "hello:app")
+    assert r.returncode == 0, r.stderr
+    parsed = tomllib.loads(r.stdout)
+    assert parsed["workers"] == 3 and parsed["bind"] == ["unix:/tmp/x.sock", "[::1]:9000"]
+    path = tmp_path / "y.toml"
+    path.write_text(r.stdout)
+    again = run_cli("--print-config", "-c", str(path))
+    assert again.returncode == 0, again.stderr
+    strip = lambda out: [l.split("  #")[0] for l in out.splitlines() if not l.startswith("#")]  # noqa: E731
+    assert strip(again.stdout) == strip(r.stdout)
+
+
+# --- Every option from every source -----------------------------------------------------
+
+# name -> (command-line value, TOML value, environment value, resolved value)
+SAMPLES = {
+    "app": ("hello:app", "hello:app", "hello:app", "hello:app"),
+    "bind": ("unix:/tmp/a.sock", ["127.0.0.1:1", "[::1]:2"], "127.0.0.1:1, fd://3",
+             None),  # Resolved value depends on the source; checked below.
+    "workers": ("3", 3, "3", 3),
+    "threads": ("4", 4, "4", 4),
+    "timeout": ("2.5", 2.5, "2.5", 2.5),
+    "graceful_timeout": ("7", 7, "7", 7.0),
+    "keepalive": ("1.5", 1.5, "1.5", 1.5),
+    "preload": (None, True, "true", True),
+    "log_level": ("WARNING", "warning", "Warning", "warning"),
+    "error_logfile": ("/tmp/e.log", "/tmp/e.log", "/tmp/e.log", "/tmp/e.log"),
+    "access_logfile": ("-", "-", "-", "-"),
+    "access_logformat": ("%(h)s %(s)s", "%(h)s %(s)s", "%(h)s %(s)s", "%(h)s %(s)s"),
+    "limit_request_line": ("100", 100, "100", 100),
+    "limit_request_fields": ("10", 10, "10", 10),
+    "limit_request_field_size": ("200", 200, "200", 200),
+    "max_body_size": ("1000", 1000, "1000", 1000),
+    "backlog": ("16", 16, "16", 16),
+    "reuse_port": (None, True, "1", True),
+}
+SETTABLE = [o for o in config.OPTIONS if o.name not in config.CLI_ONLY]
+
+
+def test_samples_cover_every_option():
+    assert set(SAMPLES) == {o.name for o in SETTABLE}
+
+
+def _cli_args(o, value):
+    if o.name == "app":
+        return [value]
+    if o.kind == "flag":
+        return [o.flags[-1]]
+    return [o.flags[-1], value]
+
+
+def _expected(o, source):
+    if o.name == "bind":
+        return {"cli": ["unix:/tmp/a.sock"], "file": ["127.0.0.1:1", "[::1]:2"],
+                "env": ["127.0.0.1:1", "fd://3"]}[source]
+    return SAMPLES[o.name][3]
+
+
+@pytest.mark.parametrize("o", SETTABLE, ids=[o.name for o in SETTABLE])
+def test_each_option_from_each_source_and_precedence(o, tmp_path):
+    cli_v, file_v, env_v, _ = SAMPLES[o.name]
+    default = config.load([], environ={})
+    path = tmp_path / "y.toml"
+    path.write_text("%s = %s\n" % (o.name, config._toml_value(file_v)))
+
+    s = config.load(_cli_args(o, cli_v), environ={})
+    assert (getattr(s, o.name), s.source(o.name)) == (_expected(o, "cli"), "command line")
+    s = config.load(["-c", str(path)], environ={})
+    assert (getattr(s, o.name), s.source(o.name)) == (_expected(o, "file"), "config file")
+    s = config.load([], environ={o.env: env_v})
+    assert (getattr(s, o.name), s.source(o.name)) == (_expected(o, "env"), "environment")
+    # Environment beats the file.
+    s = config.load(["-c", str(path)], environ={o.env: env_v})
+    assert getattr(s, o.name) == _expected(o, "env")
+    if o.kind != "flag":
+        # The command line beats both.
+        s = config.load(_cli_args(o, cli_v) + ["-c", str(path)], environ={o.env: env_v})
+        assert getattr(s, o.name) == _expected(o, "cli")
+    # And nothing set means the default.
+    assert default.source(o.name) == "default"
+
+
+def test_hyphenated_file_keys(tmp_path):
+    path = tmp_path / "y.toml"
+    path.write_text("graceful-timeout = 3\nlimit-request-line = 100\n")
+    s = config.load(["-c", str(path)], environ={})
+    assert (s.graceful_timeout, s.limit_request_line) == (3.0, 100)
+
+
+BAD_ENV = {
+    "bind": "host:port", "workers": "0", "threads": "x", "timeout": "-1", "graceful_timeout": "x",
+    "keepalive": "0", "preload": "maybe", "log_level": "loud", "access_logformat": "%(",
+    "limit_request_line": "0", "limit_request_fields": "0", "limit_request_field_size": "-3",
+    "max_body_size": "big", "backlog": "0", "reuse_port": "2",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ENV))
+def test_bad_environment_value_names_the_variable(name):
+    o = config.BY_NAME[name]
+    with pytest.raises(config.ConfigError) as e:
+        config.load(["hello"], environ={o.env: BAD_ENV[name]})
+    assert str(e.value).startswith(o.env + ": ") and "\n" not in str(e.value)
+
+
+def test_environment_through_the_real_cli():
+    env = {"YIMMO_WORKERS": "3", "YIMMO_BIND": "127.0.0.1:1 unix:/tmp/x", "YIMMO_LOG_LEVEL": "debug",
+           "YIMMO_PRELOAD": "yes", "YIMMO_APP": "hello:app", "YIMMO_TIMEOUT": "9"}
+    r = run_cli("--print-config", "--timeout", "11", env=env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "workers = 3  # environment" in out
+    assert 'bind = ["127.0.0.1:1", "unix:/tmp/x"]  # environment' in out
+    assert 'log_level = "debug"  # environment' in out
+    assert "preload = true  # environment" in out
+    assert 'app = "hello:app"  # environment' in out
+    assert "timeout = 11.0  # command line" in out
+    r = run_cli("hello", env={"YIMMO_THREADS": "lots"})
+    assert_one_line_error(r, "YIMMO_THREADS: expected an integer, got 'lots'")
+
+
+def test_platform_defaults():
+    s = config.load([], environ={"PORT": "5000", "WEB_CONCURRENCY": "4"})
+    assert s.bind == ["0.0.0.0:5000"] and s.workers == 4 and s.source("bind") == "default"
+    s = config.load([], environ={})
+    assert s.bind == ["127.0.0.1:8000"] and s.workers == 1
+    with pytest.raises(config.ConfigError, match="WEB_CONCURRENCY"):
+        config.load([], environ={"WEB_CONCURRENCY": "many"})
+    with pytest.raises(config.ConfigError, match="bad port"):
+        config.load([], environ={"PORT": "http"})
+    # A file or YIMMO_BIND beats $PORT.
+    s = config.load([], environ={"PORT": "5000", "YIMMO_BIND": "127.0.0.1:1"})
+    assert s.bind == ["127.0.0.1:1"]
+
+
+@pytest.mark.parametrize("spec,kind,detail", [
+    ("127.0.0.1:8000", "tcp", ("127.0.0.1", 8000)),
+    ("localhost", "tcp", ("localhost", 8000)),
+    (":9000", "tcp", ("0.0.0.0", 9000)),
+    ("[::1]:9000", "tcp", ("::1", 9000)),
+    ("[::]", "tcp", ("::", 8000)),
+    ("unix:/run/y.sock", "unix", "/run/y.sock"),
+    ("unix:///run/y.sock", "unix", "/run/y.sock"),
+    ("fd://3", "fd", 3),
+])
+def test_parse_bind(spec, kind, detail):
+    b = config.parse_bind(spec)
+    assert b.kind == kind
+    got = {"tcp": (b.host, b.port), "unix": b.path, "fd": b.fd}[kind]
+    assert got == detail
+
+
+def test_options_table_documents_every_option():
+    with open(APPS.parent.parent / "docs" / "wsgi.md") as f:
+        doc = f.read()
+    assert config.options_table() in doc, "regenerate the table: python -c 'from yimmo.config " \
+                                          "import options_table; print(options_table())'"
+
+
+# --- Options that reach the server --------------------------------------------------------
+
+
+def test_limits_reach_the_server(server):
+    y = server("--limit-request-line", "64", "--limit-request-fields", "3",
+               "--limit-request-field-size", "50", "--max-body-size", "10", "hello:app")
+    assert y.raw(b"GET /" + b"a" * 100 + b" HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 414")
+    many = b"".join(b"X-%d: y\r\n" % i for i in range(5))
+    assert y.raw(b"GET / HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n").startswith(b"HTTP/1.1 431")
+    assert y.raw(b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"v" * 80 + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
+    assert y.raw(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world").startswith(b"HTTP/1.1 413")
+    assert y.get("/")[0] == 200
+
+
+def test_keep_alive_closes_idle_connections(server):
+    import time
+    y = server("--keep-alive", "0.3", "hello:app")
+    with socket.create_connection((y.host, y.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        t0 = time.monotonic()
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200")
+        assert 0.2 < time.monotonic() - t0 < 3
+
+
+def test_access_log_format_atoms(server):
+    fmt = ('%(h)s|%(l)s|%(u)s|%(r)s|%(m)s|%(U)s|%(q)s|%(H)s|%(s)s|%(B)s|%(b)s|%(f)s|%(a)s|'
+           '%(T)s|%(M)s|%(D)s|%(L)s|%(p)s|%({x-req}i)s|%({content-type}o)s|%({REQUEST_METHOD}e)s|'
+           '%({x-absent}i)s|%(t)s')
+    y = server("--access-logfile", "-", "--access-logformat", fmt, "-w", "1", "hello:app")
+    status, headers, body = y.get("/p/a?x=1", headers={
+        "X-Req": "abc", "Referer": "http://r/", "User-Agent": "ua/1",
+        "Authorization": "Basic dXNlcjpwdw=="})
+    pid = int(headers["X-Pid"])
+    y.wait_log(r"\|GET\|", lines=y.out_lines)
+    fields = [l for l in y.out_lines if "|GET|" in l][0].split("|")
+    assert fields[:13] == ["127.0.0.1", "-", "user", "GET /p/a?x=1 HTTP/1.1", "GET", "/p/a", "x=1",
+                           "HTTP/1.1", "200", str(len(body)), str(len(body)), "http://r/", "ua/1"]
+    assert fields[13] == "0" and fields[14].isdigit() and fields[15].isdigit()
+    assert re.fullmatch(r"\d+\.\d{6}", fields[16])
+    assert fields[17:22] == ["<%d>" % pid, "abc", "text/plain", "GET", "-"]
+    assert re.fullmatch(r"\[\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\]", fields[22])
+
+
+def test_default_access_log_format(server):
+    y = server("--access-logfile", "-", "hello:app")
+    y.get("/x?y=1")
+    line = y.wait_log(r"GET /x", lines=y.out_lines)[0].string
+    assert re.fullmatch(r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
+                        r'"GET /x\?y=1 HTTP/1\.1" 200 \d+ "-" "-"', line), line
+
+
+def test_no_access_log_by_default(server):
+    y = server("hello:app")
+    y.get("/x")
+    y.signal(15)
+    y.wait_exit()
+    assert y.out_lines == []
+
+
+def test_log_level_warning_hides_info_lines(server, tmp_path):
+    path = str(tmp_path / "y.sock")
+    y = server("--log-level", "warning", "hello:app", bind="unix:" + path, debug=False, wait=False)
+
+    def answers():
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)
+                s.connect(path)
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                return s.recv(100).startswith(b"HTTP/1.0 200")
+        except OSError:
+            return False
+    wait_until(answers, what="the server to answer")
+    y.signal(15)
+    assert y.wait_exit() == 0
+    assert y.stderr == ""
+
+
+def test_error_logfile(server, tmp_path):
+    errlog = tmp_path / "err.log"
+    y = server("--error-logfile", str(errlog), "hello:app", wait=False)
+    wait_until(lambda: errlog.exists() and "Worker ready" in errlog.read_text(), what="a ready worker")
+    y.signal(15)
+    assert y.wait_exit() == 0
+    text = errlog.read_text()
+    assert "Starting yimmo" in text and "Shutting down: Master" in text
+    assert y.stderr == ""

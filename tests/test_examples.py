@@ -1,0 +1,45 @@
+"""The bundled examples, served the way the README serves them."""
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+
+from apps.harness import Yimmo, wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fetch(url, data=None):
+    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as r:
+        return r.status, r.headers, r.read()
+
+
+def test_wsgi_example_through_the_cli():
+    y = Yimmo("examples.app:app", cwd=ROOT)
+    try:
+        y.wait_ready(1)
+        url = y.url.rstrip("/")
+        assert fetch(url + "/")[2] == b"Hello, world!\n"
+        status, headers, body = fetch(url + "/json")
+        assert headers["Content-Type"] == "application/json" and json.loads(body)["server"] == "yimmo"
+        assert fetch(url + "/echo", data=b"ping")[2] == b"ping"
+        assert fetch(url + "/stream")[2] == b"".join(b"line %d\n" % i for i in range(10))
+    finally:
+        y.close()
+
+
+def test_native_example(tmp_path):
+    proc = subprocess.Popen([sys.executable, "examples/hello.py", "--port", "0"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"http://([\d.]+):(\d+)", line)
+        assert m, line
+        url = "http://%s:%s" % m.groups()
+        assert fetch(url + "/")[2] == b"Hello, world!\n"
+        assert fetch(url + "/echo", data=b"pong")[2] == b"pong"
+    finally:
+        proc.terminate()
+        proc.wait(10)
