@@ -18,6 +18,8 @@ static inline ymo_bucket_t *ymo__outq_first(ymo_outq_t *q)
 {
     return q->head < q->count ? &q->b[q->head] : NULL;
 }
+/* Free the storage of an empty queue: an idle connection costs bytes. */
+void ymo__outq_trim(ymo_outq_t *q);
 /* Release every bucket and the storage. */
 void ymo__outq_free(ymo_outq_t *q, ymo_server_t *s);
 

@@ -143,6 +143,15 @@ void ymo__outq_consume(ymo_outq_t *q, size_t n, ymo_server_t *s)
     q->len = 0;
 }
 
+void ymo__outq_trim(ymo_outq_t *q)
+{
+    if (q->bytes != 0 || q->head != q->count)
+        return;
+    free(q->b);
+    free(q->data);
+    memset(q, 0, sizeof(*q));
+}
+
 void ymo__outq_free(ymo_outq_t *q, ymo_server_t *s)
 {
     for (uint32_t i = q->head; i < q->count; i++) {

@@ -166,6 +166,7 @@ static void process(ymo_conn_t *c)
                 c->in.len = 0;
                 ss->rstart = 0;
                 ymo_conn_release_input(c);
+                ymo__outq_trim(&c->out);
                 if (c->flags & (YMO_CONN_DRAINING | YMO_CONN_EOF)) {
                     ymo_conn_close_after_flush(c);
                     return;
