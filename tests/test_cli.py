@@ -209,6 +209,10 @@ SAMPLES = {
     "timeout": ("2.5", 2.5, "2.5", 2.5),
     "graceful_timeout": ("7", 7, "7", 7.0),
     "keepalive": ("1.5", 1.5, "1.5", 1.5),
+    "header_timeout": ("3", 3, "3", 3.0),
+    "body_timeout": ("4.5", 4.5, "4.5", 4.5),
+    "send_timeout": ("6", 6, "6", 6.0),
+    "worker_connections": ("50", 50, "50", 50),
     "preload": (None, True, "true", True),
     "log_level": ("WARNING", "warning", "Warning", "warning"),
     "error_logfile": ("/tmp/e.log", "/tmp/e.log", "/tmp/e.log", "/tmp/e.log"),
@@ -279,6 +283,7 @@ BAD_ENV = {
     "keepalive": "0", "preload": "maybe", "log_level": "loud", "access_logformat": "%(",
     "limit_request_line": "0", "limit_request_fields": "0", "limit_request_field_size": "-3",
     "max_body_size": "big", "backlog": "0", "reuse_port": "2",
+    "header_timeout": "0", "body_timeout": "-2", "send_timeout": "soon", "worker_connections": "0",
 }
 
 

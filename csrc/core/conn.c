@@ -460,6 +460,7 @@ void ymo_conn_close(ymo_conn_t *c)
         c->next->prev = c->prev;
     c->next = c->prev = NULL;
     s->nconns--;
+    ymo__server_conn_closed(s);
 
     c->next_closing = s->closing;
     s->closing = c;

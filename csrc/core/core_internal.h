@@ -45,6 +45,9 @@ int ymo__http_idle(ymo_conn_t *c);
 void ymo__log(ymo_server_t *s, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* A connection closed: accept again if max_connections paused it. */
+void ymo__server_conn_closed(ymo_server_t *s);
+
 /* The server has been asked to stop and c has nothing in flight: close it. */
 void ymo__server_conn_idle(ymo_server_t *s, ymo_conn_t *c);
 

@@ -171,12 +171,35 @@ static void on_idle(struct ev_loop *loop, ev_idle *w, int revents)
 
 /* --- Accept -------------------------------------------------------------- */
 
+static void pause_accepting(ymo_server_t *s)
+{
+    s->accept_paused = 1;
+    for (ymo_listener_t *l = s->listeners; l != NULL; l = l->next)
+        ev_io_stop(s->loop, &l->io);
+}
+
+void ymo__server_conn_closed(ymo_server_t *s)
+{
+    if (s->accept_paused && !s->stopping && s->nconns < s->cfg.max_connections) {
+        s->accept_paused = 0;
+        for (ymo_listener_t *l = s->listeners; l != NULL; l = l->next)
+            if (!ev_is_active(&l->retry))
+                ev_io_start(s->loop, &l->io);
+    }
+}
+
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 {
     ymo_listener_t *l = ymo_container_of(w, ymo_listener_t, io);
     ymo_server_t *s = l->server;
 
     for (int i = 0; i < s->cfg.max_accept; i++) {
+        if (s->cfg.max_connections && s->nconns >= s->cfg.max_connections) {
+            /* Full: the kernel's backlog holds the rest until a
+             * connection closes. */
+            pause_accepting(s);
+            return;
+        }
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
         int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -213,7 +236,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 static void on_accept_retry(struct ev_loop *loop, ev_timer *w, int revents)
 {
     ymo_listener_t *l = ymo_container_of(w, ymo_listener_t, retry);
-    if (!l->server->stopping)
+    if (!l->server->stopping && !l->server->accept_paused)
         ev_io_start(loop, &l->io);
 }
 

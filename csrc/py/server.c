@@ -337,7 +337,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         "handler", "host", "port", "sock", "backlog", "reuse_port",
         "keepalive_timeout", "header_timeout", "body_timeout", "send_timeout",
         "max_body_size", "max_request_line", "max_header_size", "max_header_bytes",
-        "max_headers", "on_tick", "tick_interval",
+        "max_headers", "on_tick", "tick_interval", "max_connections",
         /* WSGIServer only, from here. */
         "url_scheme", "script_name", "multiprocess", "access_log", "threads",
         "body_buffer_size", NULL,
@@ -346,12 +346,13 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     int reuse_port = 0;
     PyObject *ka = NULL, *ht = NULL, *bt = NULL, *st_o = NULL;
     PyObject *mb = NULL, *mrl = NULL, *mhs = NULL, *mhb = NULL, *mh = NULL;
-    PyObject *on_tick = Py_None, *tick_o = NULL;
+    PyObject *on_tick = Py_None, *tick_o = NULL, *maxconn = NULL;
     PyObject *url_scheme = NULL, *script_name = NULL, *multiprocess = NULL;
     PyObject *access_log = NULL, *threads = NULL, *bbs = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOO", kwlist, &handler,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOOO", kwlist, &handler,
                                      &host_o, &port_o, &sock, &backlog_o, &reuse_port, &ka, &ht,
                                      &bt, &st_o, &mb, &mrl, &mhs, &mhb, &mh, &on_tick, &tick_o,
+                                     &maxconn,
                                      &url_scheme, &script_name, &multiprocess, &access_log,
                                      &threads, &bbs))
         return NULL;
@@ -456,6 +457,10 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     if (set_uint(mh, "max_headers", 10000, &v) < 0)
         return NULL;
     cfg.http.max_headers = (uint32_t)v;
+    v = 0;
+    if (maxconn != Py_None && set_uint(maxconn, "max_connections", 1u << 24, &v) < 0)
+        return NULL;
+    cfg.max_connections = (uint32_t)v;
     /* The native handler gets whole bodies (up to max_body_size) without
      * waiting on the loop; a WSGI app streams what exceeds the buffer. */
     v = wsgi ? 65536 : cfg.http.max_body;

@@ -1,0 +1,34 @@
+"""Connection limits: beyond max_connections, clients wait in the backlog."""
+import pytest
+
+from conftest import RawConn, get_request
+
+
+def test_connections_beyond_the_limit_wait_then_are_served(server):
+    live = server(lambda ex: ex.respond(200, [], b"ok"), max_connections=2)
+    a, b = live.connect(), live.connect()
+    try:
+        for c in (a, b):
+            c.send(get_request("/"))
+            assert c.read_response().status == 200
+        third = live.connect(timeout=0.5)
+        third.send(get_request("/"))
+        # Accepted by the kernel, not by yimmo: no answer while two are open.
+        with pytest.raises(AssertionError, match="timed out"):
+            third.read_response()
+        a.close()
+        third.sock.settimeout(5)
+        resp = third.read_response()
+        assert resp.status == 200 and resp.body == b"ok"
+        third.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_max_connections_is_checked(server):
+    import yimmo
+    with pytest.raises(ValueError, match="max_connections"):
+        yimmo.Server(lambda ex: None, port=0, max_connections=0)
+    with pytest.raises(TypeError, match="max_connections"):
+        yimmo.Server(lambda ex: None, port=0, max_connections="many")
