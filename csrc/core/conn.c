@@ -2,7 +2,9 @@
  * Connections: reading into the input buffer, writing the output queue with
  * writev, the connection's timer, lingering and deferred close.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,6 +93,55 @@ static ssize_t write_some(ymo_conn_t *c)
     if (w > 0)
         ymo__outq_consume(&c->out, (size_t)w, c->server);
     return w;
+}
+
+/* --- Addresses --------------------------------------------------------- */
+
+size_t ymo_sockaddr_host(const struct sockaddr_storage *ss, char *host, int *port)
+{
+    if (ss->ss_family == AF_INET) {
+        /* Dotted quad by hand: inet_ntop goes through printf. */
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        const unsigned char *b = (const unsigned char *)&a->sin_addr;
+        size_t n = 0;
+        for (int i = 0; i < 4; i++) {
+            unsigned v = b[i];
+            if (v >= 100)
+                host[n++] = (char)('0' + v / 100);
+            if (v >= 10)
+                host[n++] = (char)('0' + v / 10 % 10);
+            host[n++] = (char)('0' + v % 10);
+            if (i < 3)
+                host[n++] = '.';
+        }
+        host[n] = '\0';
+        *port = ntohs(a->sin_port);
+        return n;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, INET6_ADDRSTRLEN) == NULL)
+            host[0] = '\0';
+        *port = ntohs(a->sin6_port);
+        return strlen(host);
+    }
+    host[0] = '\0';
+    *port = 0;
+    return 0;
+}
+
+const char *ymo_conn_peer_host(ymo_conn_t *c, size_t *len, int *port)
+{
+    int p = 0;
+    if (c->peer_host_len == 0)
+        c->peer_host_len = (uint8_t)ymo_sockaddr_host(&c->peer, c->peer_host, &p);
+    else if (c->peer.ss_family == AF_INET)
+        p = ntohs(((const struct sockaddr_in *)&c->peer)->sin_port);
+    else if (c->peer.ss_family == AF_INET6)
+        p = ntohs(((const struct sockaddr_in6 *)&c->peer)->sin6_port);
+    *len = c->peer_host_len;
+    *port = p;
+    return c->peer_host;
 }
 
 /* --- Input ------------------------------------------------------------- */

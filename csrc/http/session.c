@@ -87,21 +87,13 @@ int ymo_http_respond_error(ymo_conn_t *c, int status, const char *reason)
 
 static void peer_string(ymo_conn_t *c, char *buf, size_t len)
 {
-    char host[48] = "?";
-    int port = 0;
-    if (c->peer.ss_family == AF_INET) {
-        struct sockaddr_in *a = (struct sockaddr_in *)&c->peer;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-        port = ntohs(a->sin_port);
-    } else if (c->peer.ss_family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&c->peer;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-        port = ntohs(a->sin6_port);
-    } else {
+    size_t hl;
+    int port;
+    const char *host = ymo_conn_peer_host(c, &hl, &port);
+    if (hl == 0)
         snprintf(buf, len, "unix");
-        return;
-    }
-    snprintf(buf, len, "%s:%d", host, port);
+    else
+        snprintf(buf, len, "%s:%d", host, port);
 }
 
 static void parse_failed(ymo_conn_t *c, int err)
@@ -741,6 +733,29 @@ int ymo_http_response_header(ymo_conn_t *c, const char *name, size_t nlen,
     return 0;
 }
 
+/* Digits of v in base 10 or 16 (lowercase) at p; returns their count. The
+ * response path formats numbers this way rather than with printf. */
+static size_t format_uint(char *p, uint64_t v, unsigned base)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        unsigned d = (unsigned)(v % base);
+        tmp[n++] = (char)(d < 10 ? '0' + d : 'a' + d - 10);
+        v /= base;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        p[i] = tmp[n - 1 - i];
+    return n;
+}
+
+static size_t append(char *buf, size_t n, const char *s)
+{
+    size_t len = strlen(s);
+    memcpy(buf + n, s, len);
+    return n + len;
+}
+
 int ymo_http_response_end_head(ymo_conn_t *c, int64_t known_len)
 {
     session_t *ss = SESSION(c);
@@ -763,13 +778,14 @@ int ymo_http_response_end_head(ymo_conn_t *c, int64_t known_len)
         if (known_len >= 0) {
             r->flags |= YMO_RESP_HAS_LENGTH;
             r->content_length = (uint64_t)known_len;
-            n += (size_t)snprintf(buf + n, sizeof(buf) - n, "Content-Length: %lld\r\n",
-                                  (long long)known_len);
+            n = append(buf, n, "Content-Length: ");
+            n += format_uint(buf + n, (uint64_t)known_len, 10);
+            n = append(buf, n, "\r\n");
         } else if (r->flags & YMO_RESP_NO_BODY) {
             /* HEAD of a streamed body: nothing to frame. */
         } else if (minor >= 1) {
             r->flags |= YMO_RESP_CHUNKED;
-            n += (size_t)snprintf(buf + n, sizeof(buf) - n, "Transfer-Encoding: chunked\r\n");
+            n = append(buf, n, "Transfer-Encoding: chunked\r\n");
         } else {
             /* HTTP/1.0 without a length: the end of the connection ends the
              * body (RFC 9112 6.3). */
@@ -779,9 +795,9 @@ int ymo_http_response_end_head(ymo_conn_t *c, int64_t known_len)
     if (!keepalive) {
         r->flags |= YMO_RESP_CLOSE;
         if (minor >= 1)
-            n += (size_t)snprintf(buf + n, sizeof(buf) - n, "Connection: close\r\n");
+            n = append(buf, n, "Connection: close\r\n");
     } else if (minor == 0) {
-        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "Connection: keep-alive\r\n");
+        n = append(buf, n, "Connection: keep-alive\r\n");
     }
     size_t dlen;
     const char *date = ymo_server_date(s, &dlen);
@@ -846,7 +862,9 @@ int ymo_http_response_body(ymo_conn_t *c, const char *data, size_t len, void *re
     r->sent += len;
     if (r->flags & YMO_RESP_CHUNKED) {
         char size[24];
-        int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+        size_t n = format_uint(size, len, 16);
+        size[n++] = '\r';
+        size[n++] = '\n';
         if ((rc = ymo_outq_copy(&c->out, size, (size_t)n)) < 0)
             goto drop;
         if ((rc = queue_bytes(c, data, len, ref)) < 0)
@@ -884,7 +902,9 @@ int ymo_http_response_file(ymo_conn_t *c, int fd, uint64_t off, size_t len)
     r->sent += len;
     if (r->flags & YMO_RESP_CHUNKED) {
         char size[24];
-        int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+        size_t n = format_uint(size, len, 16);
+        size[n++] = '\r';
+        size[n++] = '\n';
         int q = ymo_outq_copy(&c->out, size, (size_t)n);
         if (q < 0) {
             close(fd);

@@ -122,19 +122,10 @@ static PyObject *ex_remote_addr(YmoExchangeObject *ex, void *c)
         return Py_NewRef(ex->remote_addr);
     if (check_live(ex) < 0)
         return NULL;
-    const struct sockaddr_storage *ss = &ex->conn->peer;
-    char host[INET6_ADDRSTRLEN] = "";
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-        ex->remote_addr = Py_BuildValue("(si)", host, ntohs(a->sin_port));
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-        ex->remote_addr = Py_BuildValue("(si)", host, ntohs(a->sin6_port));
-    } else {
-        ex->remote_addr = Py_BuildValue("(si)", "", 0);
-    }
+    size_t len;
+    int port;
+    const char *host = ymo_conn_peer_host(ex->conn, &len, &port);
+    ex->remote_addr = Py_BuildValue("(s#i)", host, (Py_ssize_t)len, port);
     return Py_XNewRef(ex->remote_addr);
 }
 

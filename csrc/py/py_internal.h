@@ -134,6 +134,7 @@ typedef struct {
     PyObject *server_port;      /* str */
     PyObject *access_log;       /* callable or NULL */
     PyObject *file_wrapper;     /* yimmo.wsgi.FileWrapper */
+    PyObject *environ_template; /* copied for each request: keys in place */
 } YmoServerObject;
 
 /* Whether this thread holds the GIL, for the engine's release hook (which

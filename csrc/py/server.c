@@ -315,17 +315,8 @@ static int cache_server_name(YmoServerObject *self)
     socklen_t len;
     char host[INET6_ADDRSTRLEN] = "localhost";
     int port = 0;
-    if (ymo_server_address(&self->srv, &ss, &len) == 0) {
-        if (ss.ss_family == AF_INET) {
-            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-            inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-            port = ntohs(a->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-            port = ntohs(a->sin6_port);
-        }
-    }
+    if (ymo_server_address(&self->srv, &ss, &len) == 0 && ymo_sockaddr_host(&ss, host, &port) == 0)
+        strcpy(host, "localhost");
     self->server_name = PyUnicode_FromString(host);
     self->server_port = PyUnicode_FromFormat("%d", port);
     return self->server_name && self->server_port ? 0 : -1;
@@ -745,18 +736,10 @@ static PyObject *server_address(YmoServerObject *self, void *closure)
         PyErr_SetString(PyExc_OSError, "the server has no listening socket");
         return NULL;
     }
-    char host[INET6_ADDRSTRLEN] = "";
-    if (ss.ss_family == AF_INET) {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-        return Py_BuildValue("(si)", host, ntohs(a->sin_port));
-    }
-    if (ss.ss_family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-        return Py_BuildValue("(si)", host, ntohs(a->sin6_port));
-    }
-    return Py_BuildValue("(si)", "", 0);
+    char host[INET6_ADDRSTRLEN];
+    int port;
+    ymo_sockaddr_host(&ss, host, &port);
+    return Py_BuildValue("(si)", host, port);
 }
 
 static PyObject *server_connections(YmoServerObject *self, void *closure)
@@ -784,6 +767,7 @@ static int server_clear(YmoServerObject *self)
     Py_CLEAR(self->on_tick);
     Py_CLEAR(self->access_log);
     Py_CLEAR(self->file_wrapper);
+    Py_CLEAR(self->environ_template);
     Py_CLEAR(self->url_scheme);
     Py_CLEAR(self->script_name);
     Py_CLEAR(self->server_name);

@@ -675,19 +675,71 @@ static int add_header(ymo_py_state *st, PyObject *env, const char *base,
     return r;
 }
 
+/* A str of the decimal digits of v, without printf. */
+static PyObject *uint_str(unsigned long v)
+{
+    char tmp[24];
+    Py_ssize_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    PyObject *s = PyUnicode_New(n, 127);
+    if (s == NULL)
+        return NULL;
+    Py_UCS1 *d = PyUnicode_1BYTE_DATA(s);
+    for (Py_ssize_t i = 0; i < n; i++)
+        d[i] = (Py_UCS1)tmp[n - 1 - i];
+    return s;
+}
+
+/* The environ every request starts from: the constant entries set, the
+ * per-request ones present (so the copy has its keys laid out) and room for
+ * the headers. PyDict_Copy of it is much cheaper than twenty insertions. */
+static PyObject *environ_template(YmoServerObject *srv)
+{
+    ymo_py_state *st = srv->st;
+    PyObject **K = st->wsgi_keys;
+    PyObject *env = _PyDict_NewPresized(40);
+    if (env == NULL)
+        return NULL;
+    static const int per_request[] = {
+        WK_REQUEST_METHOD, WK_PATH_INFO, WK_QUERY_STRING, WK_RAW_URI, WK_SERVER_PROTOCOL,
+        WK_SERVER_NAME, WK_SERVER_PORT, WK_REMOTE_ADDR, WK_REMOTE_PORT, WK_WSGI_INPUT,
+        WK_WSGI_ERRORS,
+    };
+    for (size_t i = 0; i < sizeof(per_request) / sizeof(per_request[0]); i++)
+        if (PyDict_SetItem(env, K[per_request[i]], Py_None) < 0)
+            goto error;
+    if (PyDict_SetItem(env, K[WK_SCRIPT_NAME], srv->script_name) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_VERSION], st->wsgi_version) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_URL_SCHEME], srv->url_scheme) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_MULTITHREAD], srv->nthreads > 0 ? Py_True : Py_False) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_MULTIPROCESS], srv->multiprocess ? Py_True : Py_False) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_RUN_ONCE], Py_False) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_INPUT_TERMINATED], Py_True) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_FILE_WRAPPER], srv->file_wrapper) < 0)
+        goto error;
+    return env;
+error:
+    Py_DECREF(env);
+    return NULL;
+}
+
 static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *input)
 {
     ymo_py_state *st = srv->st;
     PyObject **K = st->wsgi_keys;
     const char *base;
     const ymo_http_parser_t *p = ymo_http_request(c, &base);
-    PyObject *env = _PyDict_NewPresized(24);
+    if (srv->environ_template == NULL && (srv->environ_template = environ_template(srv)) == NULL)
+        return NULL;
+    PyObject *env = PyDict_Copy(srv->environ_template);
     if (env == NULL)
         return NULL;
 
     if (set_item(env, K[WK_REQUEST_METHOD],
                  ymo__py_method_str(st, base + p->method.off, p->method.len)) < 0
-        || PyDict_SetItem(env, K[WK_SCRIPT_NAME], srv->script_name) < 0
         || set_item(env, K[WK_PATH_INFO], path_info(srv, base + p->path.off, p->path.len)) < 0
         || set_item(env, K[WK_QUERY_STRING],
                     (p->flags & YMO_HTTP_F_HAS_QUERY)
@@ -748,50 +800,27 @@ static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *in
     } else if (c->local != NULL
                && (c->local->ss_family == AF_INET || c->local->ss_family == AF_INET6)) {
         /* RFC 3875 4.1.14-15: the address the request came in on. */
-        char name[INET6_ADDRSTRLEN] = "";
+        char name[INET6_ADDRSTRLEN];
         int lport;
-        if (c->local->ss_family == AF_INET) {
-            const struct sockaddr_in *a = (const struct sockaddr_in *)c->local;
-            inet_ntop(AF_INET, &a->sin_addr, name, sizeof(name));
-            lport = ntohs(a->sin_port);
-        } else {
-            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)c->local;
-            inet_ntop(AF_INET6, &a->sin6_addr, name, sizeof(name));
-            lport = ntohs(a->sin6_port);
-        }
+        ymo_sockaddr_host(c->local, name, &lport);
         if (set_item(env, K[WK_SERVER_NAME], PyUnicode_FromString(name)) < 0
-            || set_item(env, K[WK_SERVER_PORT], PyUnicode_FromFormat("%d", lport)) < 0)
+            || set_item(env, K[WK_SERVER_PORT], uint_str((unsigned long)lport)) < 0)
             goto error;
     } else if (PyDict_SetItem(env, K[WK_SERVER_NAME], srv->server_name) < 0
                || PyDict_SetItem(env, K[WK_SERVER_PORT], srv->server_port) < 0) {
         goto error;
     }
 
-    char addr[INET6_ADDRSTRLEN] = "";
-    int port = 0;
-    if (c->peer.ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)&c->peer;
-        inet_ntop(AF_INET, &a->sin_addr, addr, sizeof(addr));
-        port = ntohs(a->sin_port);
-    } else if (c->peer.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&c->peer;
-        inet_ntop(AF_INET6, &a->sin6_addr, addr, sizeof(addr));
-        port = ntohs(a->sin6_port);
-    }
-    if (set_item(env, K[WK_REMOTE_ADDR], PyUnicode_FromString(addr)) < 0
-        || set_item(env, K[WK_REMOTE_PORT], PyUnicode_FromFormat("%d", port)) < 0)
+    size_t alen;
+    int port;
+    const char *addr = ymo_conn_peer_host(c, &alen, &port);
+    if (set_item(env, K[WK_REMOTE_ADDR], PyUnicode_DecodeLatin1(addr, (Py_ssize_t)alen, NULL)) < 0
+        || set_item(env, K[WK_REMOTE_PORT], uint_str((unsigned long)port)) < 0)
         goto error;
 
     PyObject *errors = PySys_GetObject("stderr");   /* borrowed */
-    if (PyDict_SetItem(env, K[WK_WSGI_VERSION], st->wsgi_version) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_URL_SCHEME], srv->url_scheme) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_INPUT], input) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_ERRORS], errors ? errors : Py_None) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_MULTITHREAD], srv->nthreads > 0 ? Py_True : Py_False) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_MULTIPROCESS], srv->multiprocess ? Py_True : Py_False) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_RUN_ONCE], Py_False) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_INPUT_TERMINATED], Py_True) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_FILE_WRAPPER], srv->file_wrapper) < 0)
+    if (PyDict_SetItem(env, K[WK_WSGI_INPUT], input) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_ERRORS], errors ? errors : Py_None) < 0)
         goto error;
     return env;
 error:

@@ -126,8 +126,17 @@ struct ymo_conn_s {
     struct sockaddr_storage peer;
     socklen_t peer_len;
     const struct sockaddr_storage *local;   /* the listener's address */
+    char peer_host[46];             /* the peer's address as text, once asked */
+    uint8_t peer_host_len;
     uint64_t id;
 };
+
+/* The host part of an IPv4/IPv6 address as text ("" for other families)
+ * and its port; returns the text's length. host holds 46 bytes. */
+size_t ymo_sockaddr_host(const struct sockaddr_storage *ss, char *host, int *port);
+
+/* The peer's address as text, formatted once per connection. */
+const char *ymo_conn_peer_host(ymo_conn_t *c, size_t *len, int *port);
 
 /* Start or stop watching for input. */
 void ymo_conn_read_start(ymo_conn_t *c);
@@ -197,6 +206,8 @@ typedef struct {
     int backlog;
     int max_accept;             /* accepts per wakeup */
     int max_dispatch;           /* requests per connection per wakeup */
+    uint32_t max_connections;   /* 0: no limit; beyond it new connections
+                                   wait in the listen backlog */
 } ymo_server_config_t;
 
 void ymo_server_config_default(ymo_server_config_t *cfg);
@@ -233,6 +244,7 @@ struct ymo_server_s {
     volatile sig_atomic_t stop_requested;
     double stop_timeout;            /* < 0: wait for in-flight work forever */
     int stopping;
+    int accept_paused;              /* at max_connections */
     int stop_forced;                /* the graceful stop timed out */
 
     ymo_http_header_t *free_headers;/* freelist of header arrays */
