@@ -5,6 +5,8 @@
  */
 #include "py/py_internal.h"
 
+#include <structmember.h>
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <fcntl.h>
@@ -33,6 +35,7 @@ static const char *const common_headers[YMO_WSGI_COMMON_HEADERS] = {
 
 typedef struct {
     PyObject_HEAD
+    vectorcallfunc vectorcall;  /* start_response is called once a request */
     ymo_conn_t *conn;           /* NULL once the request is over */
     YmoServerObject *server;    /* borrowed: valid while conn is set */
     PyObject *status;           /* the status line given to start_response */
@@ -176,6 +179,9 @@ bad:
     return -1;
 }
 
+static PyObject *start_response(YmoWSGIRequestObject *rq, PyObject *status, PyObject *headers,
+                                PyObject *exc_info);
+
 /* start_response(status, response_headers, exc_info=None) -> write */
 static PyObject *req_call(YmoWSGIRequestObject *rq, PyObject *args, PyObject *kw)
 {
@@ -184,6 +190,38 @@ static PyObject *req_call(YmoWSGIRequestObject *rq, PyObject *args, PyObject *kw
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O:start_response", kwlist, &status, &headers,
                                      &exc_info))
         return NULL;
+    return start_response(rq, status, headers, exc_info);
+}
+
+/* The usual positional call, without building an argument tuple. */
+static PyObject *req_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                                PyObject *kwnames)
+{
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL && (n == 2 || n == 3))
+        return start_response((YmoWSGIRequestObject *)self, args[0], args[1],
+                              n == 3 ? args[2] : Py_None);
+    /* Keywords: the general path. */
+    PyObject *tuple = PyTuple_New(n);
+    PyObject *kw = kwnames != NULL ? PyDict_New() : NULL;
+    PyObject *r = NULL;
+    if (tuple == NULL || (kwnames != NULL && kw == NULL))
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+    for (Py_ssize_t i = 0; kwnames != NULL && i < PyTuple_GET_SIZE(kwnames); i++)
+        if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), args[n + i]) < 0)
+            goto done;
+    r = req_call((YmoWSGIRequestObject *)self, tuple, kw);
+done:
+    Py_XDECREF(tuple);
+    Py_XDECREF(kw);
+    return r;
+}
+
+static PyObject *start_response(YmoWSGIRequestObject *rq, PyObject *status, PyObject *headers,
+                                PyObject *exc_info)
+{
     if (exc_info != Py_None) {
         if (rq->head_sent) {
             /* PEP 3333: too late to change the response; re-raise. */
@@ -325,18 +363,25 @@ static PyMethodDef req_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyMemberDef req_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(YmoWSGIRequestObject, vectorcall), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyType_Slot req_slots[] = {
     {Py_tp_doc, "The start_response callable of one WSGI request."},
     {Py_tp_dealloc, req_dealloc},
     {Py_tp_call, req_call},
     {Py_tp_methods, req_methods},
+    {Py_tp_members, req_members},
     {0, NULL},
 };
 
 static PyType_Spec req_spec = {
     .name = "yimmo.StartResponse",
     .basicsize = sizeof(YmoWSGIRequestObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION
+             | Py_TPFLAGS_HAVE_VECTORCALL,
     .slots = req_slots,
 };
 
@@ -990,6 +1035,7 @@ void ymo__py_wsgi_run(YmoServerObject *srv, ymo_conn_t *c)
     YmoWSGIRequestObject *rq = PyObject_New(YmoWSGIRequestObject, st->wsgi_request_type);
     if (rq == NULL)
         goto nomem;
+    rq->vectorcall = req_vectorcall;
     rq->conn = c;
     rq->server = srv;
     rq->status = rq->headers = NULL;
