@@ -495,11 +495,12 @@ static PyObject *ex_end(YmoExchangeObject *ex, PyObject *unused)
 
 /* --- Running the handler ------------------------------------------------- */
 
-static void simple_response(ymo_conn_t *c, int status, const char *text)
+void ymo__py_simple_response(ymo_conn_t *c, int status, const char *text)
 {
     ymo_http_response_t *resp = ymo_http_response(c);
     size_t len = strlen(text);
     static const char ct[] = "text/plain; charset=utf-8";
+    memset(resp, 0, sizeof(*resp));
     if (ymo_http_response_begin(c, status) < 0
         || ymo_http_response_header(c, "Content-Type", 12, ct, sizeof(ct) - 1) < 0
         || ymo_http_response_end_head(c, (int64_t)len) < 0
@@ -528,20 +529,10 @@ void ymo__py_exchange_run(YmoServerObject *srv, ymo_conn_t *c)
     PyObject *r = PyObject_Vectorcall(srv->handler, &arg, 1, NULL);
     ymo_http_response_t *resp = ymo_http_response(c);
     if (r == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
-            /* KeyboardInterrupt, SystemExit: stop the server, re-raise from
-             * run(). */
-            if (srv->parked == NULL)
-                srv->parked = PyErr_GetRaisedException();
-            else
-                PyErr_Clear();
-            ymo_server_stop(&srv->srv, 2.0);
-        } else {
-            ymo__py_log_exception(st, "exception in handler");
-        }
+        ymo__py_app_failed(srv, c, "exception in handler");
         if (!(c->flags & YMO_CONN_CLOSED)) {
             if (!(resp->flags & YMO_RESP_STARTED))
-                simple_response(c, 500, "Internal Server Error\n");
+                ymo__py_simple_response(c, 500, "Internal Server Error\n");
             else
                 resp->flags |= YMO_RESP_CLOSE;  /* cut the response short */
         }
@@ -551,7 +542,7 @@ void ymo__py_exchange_run(YmoServerObject *srv, ymo_conn_t *c)
             if (!(resp->flags & YMO_RESP_STARTED)) {
                 ymo__py_log(st, 40, "handler returned without answering %R %R; sent 500",
                             ex->method ? ex->method : Py_None, ex->path ? ex->path : Py_None);
-                simple_response(c, 500, "Internal Server Error\n");
+                ymo__py_simple_response(c, 500, "Internal Server Error\n");
             } else if (!(resp->flags & YMO_RESP_FINISHED)) {
                 if (ymo_http_response_finish(c) < 0)
                     resp->flags |= YMO_RESP_CLOSE;

@@ -158,6 +158,15 @@ extern _Thread_local int ymo__py_gil_held;
  * ConnectionError set (the connection is closed). */
 int ymo__py_backpressure(YmoServerObject *srv, ymo_conn_t *c);
 
+/* Application code raised (the error is set; this clears it).
+ * KeyboardInterrupt and SystemExit are parked and stop the server, run()
+ * re-raises them; a ConnectionError once c's client left is dropped;
+ * anything else is logged with its traceback under what. */
+void ymo__py_app_failed(YmoServerObject *srv, ymo_conn_t *c, const char *what);
+
+/* A whole short text/plain response on c, replacing any response state. */
+void ymo__py_simple_response(ymo_conn_t *c, int status, const char *text);
+
 /* Serve one request on c through the WSGI application. GIL held. */
 void ymo__py_wsgi_run(YmoServerObject *self, ymo_conn_t *c);
 

@@ -173,19 +173,29 @@ static void on_signal(struct ev_loop *loop, ev_io *w, int revents)
     drop_gil(self);
 }
 
+void ymo__py_app_failed(YmoServerObject *srv, ymo_conn_t *c, const char *what)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        if (srv->parked == NULL)
+            srv->parked = PyErr_GetRaisedException();
+        else
+            PyErr_Clear();
+        ymo_server_stop(&srv->srv, 2.0);
+    } else if (c != NULL && (c->flags & YMO_CONN_CLOSED)
+               && PyErr_ExceptionMatches(PyExc_ConnectionError)) {
+        PyErr_Clear();      /* the client left; nothing to report */
+    } else {
+        ymo__py_log_exception(srv->st, what);
+    }
+}
+
 static void on_tick_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     YmoServerObject *self = (YmoServerObject *)((char *)w - offsetof(YmoServerObject, tick));
     take_gil(self);
     PyObject *r = PyObject_CallNoArgs(self->on_tick);
-    if (r == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_Exception) && self->parked == NULL) {
-            self->parked = PyErr_GetRaisedException();
-            ymo_server_stop(&self->srv, 2.0);
-        } else {
-            ymo__py_log_exception(self->st, "exception in on_tick");
-        }
-    }
+    if (r == NULL)
+        ymo__py_app_failed(self, NULL, "exception in on_tick");
     Py_XDECREF(r);
     drop_gil(self);
 }

@@ -994,20 +994,6 @@ static int send_result(YmoWSGIRequestObject *rq, PyObject *result)
     return 0;
 }
 
-static void simple_500(ymo_conn_t *c)
-{
-    static const char text[] = "Internal Server Error\n";
-    static const char ct[] = "text/plain; charset=utf-8";
-    ymo_http_response_t *resp = ymo_http_response(c);
-    memset(resp, 0, sizeof(*resp));
-    if (ymo_http_response_begin(c, 500) < 0
-        || ymo_http_response_header(c, "Content-Type", 12, ct, sizeof(ct) - 1) < 0
-        || ymo_http_response_end_head(c, (int64_t)sizeof(text) - 1) < 0
-        || ymo_http_response_body(c, text, sizeof(text) - 1, NULL) < 0
-        || ymo_http_response_finish(c) < 0)
-        resp->flags |= YMO_RESP_CLOSE;
-}
-
 static void log_access(YmoServerObject *srv, PyObject *env, YmoWSGIRequestObject *rq,
                        ymo_conn_t *c, double started)
 {
@@ -1052,21 +1038,8 @@ void ymo__py_wsgi_run(YmoServerObject *srv, ymo_conn_t *c)
     PyObject *args[2] = {env, (PyObject *)rq};
     result = PyObject_Vectorcall(srv->handler, args, 2, NULL);
     int failed = result == NULL || send_result(rq, result) < 0;
-    if (failed) {
-        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
-            /* KeyboardInterrupt, SystemExit: stop, re-raise from run(). */
-            if (srv->parked == NULL)
-                srv->parked = PyErr_GetRaisedException();
-            else
-                PyErr_Clear();
-            ymo_server_stop(&srv->srv, 2.0);
-        } else if (PyErr_ExceptionMatches(PyExc_ConnectionError)
-                   && (c->flags & YMO_CONN_CLOSED)) {
-            PyErr_Clear();      /* the client left; nothing to report */
-        } else {
-            ymo__py_log_exception(st, "Error handling request");
-        }
-    }
+    if (failed)
+        ymo__py_app_failed(srv, c, "Error handling request");
     if (result != NULL) {
         /* PEP 3333: close() is called however the iteration ended. */
         PyObject *saved = PyErr_GetRaisedException();
@@ -1089,7 +1062,7 @@ void ymo__py_wsgi_run(YmoServerObject *srv, ymo_conn_t *c)
     if (!(c->flags & YMO_CONN_CLOSED)) {
         ymo_http_response_t *resp = ymo_http_response(c);
         if (failed && !rq->head_sent && !(resp->flags & YMO_RESP_FINISHED))
-            simple_500(c);
+            ymo__py_simple_response(c, 500, "Internal Server Error\n");
         else if (failed)
             resp->flags |= YMO_RESP_CLOSE;      /* cut the response short */
         else if (!(resp->flags & YMO_RESP_FINISHED) && ymo_http_response_finish(c) < 0)
