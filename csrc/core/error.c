@@ -33,6 +33,7 @@ static const err_info errors[ERR_COUNT] = {
     E(YMO_E_TOO_MANY_HEADERS, "too many header fields"),
     E(YMO_E_MISSING_HOST, "missing Host header field"),
     E(YMO_E_DUPLICATE_HOST, "more than one Host header field"),
+    E(YMO_E_BAD_HOST, "invalid Host header field value"),
     E(YMO_E_BAD_CONTENT_LENGTH, "invalid Content-Length"),
     E(YMO_E_DUPLICATE_CONTENT_LENGTH, "more than one Content-Length"),
     E(YMO_E_CONTENT_LENGTH_AND_CHUNKED, "both Content-Length and Transfer-Encoding"),

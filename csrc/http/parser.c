@@ -266,6 +266,37 @@ static int conn_elem(ymo_http_parser_t *p, const uint8_t *s, size_t n)
     return YMO_OK;
 }
 
+/* RFC 9110 7.2: Host = uri-host [ ":" port ], uri-host being an IP-literal
+ * in brackets, an IPv4 address or a reg-name (RFC 3986 3.2.2). An empty
+ * value is allowed (no authority). */
+static int valid_host(const uint8_t *v, uint32_t n)
+{
+    uint32_t i = 0;
+    if (n > 0 && v[0] == '[') {
+        for (i = 1; i < n && v[i] != ']'; i++)
+            if (!IS(v[i], C_HEX) && v[i] != ':' && v[i] != '.' && v[i] != 'v' && v[i] != 'V')
+                return 0;
+        if (i == n || i == 1)
+            return 0;
+        i++;
+    } else {
+        for (; i < n && v[i] != ':'; i++) {
+            if (!IS(v[i], C_AUTH) || v[i] == '[' || v[i] == ']')
+                return 0;
+            if (v[i] == '%' && (i + 2 >= n || !IS(v[i + 1], C_HEX) || !IS(v[i + 2], C_HEX)))
+                return 0;
+        }
+    }
+    if (i < n) {
+        if (v[i] != ':')
+            return 0;
+        for (i++; i < n; i++)
+            if (v[i] < '0' || v[i] > '9')
+                return 0;
+    }
+    return 1;
+}
+
 /* Act on a complete field line whose id the engine cares about. */
 static int on_field(ymo_http_parser_t *p, const uint8_t *buf, const ymo_http_header_t *h)
 {
@@ -280,6 +311,8 @@ static int on_field(ymo_http_parser_t *p, const uint8_t *buf, const ymo_http_hea
         /* RFC 9112 3.2: more than one Host field line is a 400. */
         if (p->seen & SEEN(YMO_HDR_HOST))
             return YMO_E_DUPLICATE_HOST;
+        if (!valid_host(v, n))
+            return YMO_E_BAD_HOST;
         break;
     case YMO_HDR_CONTENT_LENGTH:
         if (p->seen & SEEN(YMO_HDR_CONTENT_LENGTH))

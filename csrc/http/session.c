@@ -212,11 +212,12 @@ static void process(ymo_conn_t *c)
                 continue;
             }
             if ((ss->parser.flags & YMO_HTTP_F_EXPECT_CONTINUE)
-                || (ss->parser.flags & YMO_HTTP_F_CHUNKED)
-                || ss->parser.content_length > s->cfg.body_buffer_max) {
+                || ((ss->parser.flags & YMO_HTTP_F_CONTENT_LENGTH)
+                    && ss->parser.content_length > s->cfg.body_buffer_max)) {
                 /* RFC 9110 10.1.1: the handler decides first; 100
-                 * Continue goes out when it asks for the body. Large and
-                 * chunked bodies stream to the handler as it reads. */
+                 * Continue goes out when it asks for the body. A body
+                 * larger than the buffer streams to the handler as it
+                 * reads. */
                 ss->state = S_READY;
                 continue;
             }
@@ -235,6 +236,13 @@ static void process(ymo_conn_t *c)
             /* fall through */
         case S_BODY:
             r = read_body(c, ss);
+            if (r == YMO_AGAIN && ss->body_end - ss->parser.head_len > s->cfg.body_buffer_max) {
+                /* A chunked body outgrew the buffer: what is decoded so
+                 * far was checked; the handler streams the rest. Smaller
+                 * ones are read (and refused, if malformed) first. */
+                ss->state = S_READY;
+                continue;
+            }
             if (r == YMO_AGAIN) {
                 if (c->flags & YMO_CONN_EOF) {
                     ymo_conn_close(c);

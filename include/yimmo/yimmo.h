@@ -40,6 +40,7 @@ enum ymo_err {
     YMO_E_TOO_MANY_HEADERS,        /* 431 */
     YMO_E_MISSING_HOST,
     YMO_E_DUPLICATE_HOST,
+    YMO_E_BAD_HOST,
 
     /* Message framing (RFC 9112 section 6). */
     YMO_E_BAD_CONTENT_LENGTH,
