@@ -502,6 +502,8 @@ void ymo_conn_close(ymo_conn_t *c)
     ev_timer_stop(s->loop, &c->timer);
     close(c->fd);
     c->fd = -1;
+    if (c->proto != NULL && c->proto->on_close != NULL)
+        c->proto->on_close(c);
 
     if (c->prev != NULL)
         c->prev->next = c->next;
@@ -523,9 +525,16 @@ void ymo_conn_close(ymo_conn_t *c)
  * their own callbacks. */
 void ymo__conn_reap(ymo_server_t *s)
 {
+    ymo_conn_t *held = NULL;
     while (s->closing != NULL) {
         ymo_conn_t *c = s->closing;
         s->closing = c->next_closing;
+        if (c->proto != NULL && c->proto->busy != NULL && c->proto->busy(c)) {
+            /* Its exchange is cleaned up by the next dispatch. */
+            c->next_closing = held;
+            held = c;
+            continue;
+        }
         if (c->proto != NULL && c->proto->on_free != NULL)
             c->proto->on_free(c);
         ymo__outq_free(&c->out, s);
@@ -543,4 +552,5 @@ void ymo__conn_reap(ymo_server_t *s)
         }
 #endif
     }
+    s->closing = held;
 }

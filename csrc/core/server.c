@@ -120,7 +120,7 @@ void ymo__server_headers_put(ymo_server_t *s, ymo_http_header_t *h)
 void ymo_conn_make_ready(ymo_conn_t *c)
 {
     ymo_server_t *s = c->server;
-    if (c->flags & (YMO_CONN_READY | YMO_CONN_CLOSED))
+    if (c->flags & YMO_CONN_READY)
         return;
     c->flags |= YMO_CONN_READY;
     c->next_ready = NULL;
@@ -138,8 +138,7 @@ void ymo_server_run_ready(ymo_server_t *s)
         list = c->next_ready;
         c->next_ready = NULL;
         c->flags &= ~YMO_CONN_READY;
-        if (!(c->flags & YMO_CONN_CLOSED))
-            ymo__http_run(c);
+        ymo__http_run(c);
     }
 }
 

@@ -24,7 +24,9 @@ enum {
 enum {
     SF_BODY_DONE = 1u << 0,     /* the body has been read in full */
     SF_CONTINUE_SENT = 1u << 1,
-    SF_PEER_EOF = 1u << 2       /* the peer finished sending */
+    SF_PEER_EOF = 1u << 2,      /* the peer finished sending */
+    SF_SUSPENDED = 1u << 3,     /* the exchange waits for its output to drain */
+    SF_RESUME = 1u << 4         /* ... and may go on */
 };
 
 typedef struct {
@@ -296,6 +298,19 @@ void ymo__http_run(ymo_conn_t *c)
 {
     session_t *ss = SESSION(c);
     ymo_server_t *s = c->server;
+    if (ss->flags & SF_RESUME) {
+        ss->flags &= ~(SF_RESUME | SF_SUSPENDED);
+        s->hooks.resume(s, c);
+        if (c->flags & YMO_CONN_CLOSED)
+            return;
+        if (ss->flags & SF_SUSPENDED)
+            return;
+        exchange_done(c, ss);
+        if (ss->state == S_IDLE)
+            process(c);
+    }
+    if (c->flags & YMO_CONN_CLOSED)
+        return;
     if (s->hooks.submit != NULL) {
         if (ss->state != S_READY || (c->flags & YMO_CONN_CLOSED))
             return;
@@ -319,6 +334,8 @@ void ymo__http_run(ymo_conn_t *c)
         s->hooks.on_request(s, c);
         if (c->flags & YMO_CONN_CLOSED)
             return;
+        if (ss->flags & SF_SUSPENDED)
+            return;     /* resumed once its output drains */
         exchange_done(c, ss);
         if (ss->state == S_IDLE)
             process(c);
@@ -360,6 +377,11 @@ static void on_data(ymo_conn_t *c)
 static void on_drained(ymo_conn_t *c)
 {
     session_t *ss = SESSION(c);
+    if (ss->flags & SF_SUSPENDED) {
+        ss->flags |= SF_RESUME;
+        ymo_conn_make_ready(c);
+        return;
+    }
     if (c->flags & YMO_CONN_WAIT_DRAIN) {
         c->flags &= ~YMO_CONN_WAIT_DRAIN;
         if (ss->state == S_READY)
@@ -420,6 +442,22 @@ static void on_eof(ymo_conn_t *c, int err)
     }
 }
 
+/* A suspended exchange is told, so its producer is closed (PEP 3333). */
+static void on_close(ymo_conn_t *c)
+{
+    session_t *ss = SESSION(c);
+    if (ss != NULL && (ss->flags & SF_SUSPENDED)) {
+        ss->flags |= SF_RESUME;
+        ymo_conn_make_ready(c);
+    }
+}
+
+static int busy(ymo_conn_t *c)
+{
+    session_t *ss = SESSION(c);
+    return ss != NULL && (ss->flags & SF_SUSPENDED);
+}
+
 static void on_free(ymo_conn_t *c)
 {
     session_t *ss = SESSION(c);
@@ -436,6 +474,8 @@ const ymo_proto_t ymo__http_proto = {
     .on_timeout = on_timeout,
     .on_eof = on_eof,
     .on_free = on_free,
+    .on_close = on_close,
+    .busy = busy,
 };
 
 int ymo__http_attach(ymo_conn_t *c)
@@ -583,6 +623,16 @@ void ymo_http_body_unread(ymo_conn_t *c, size_t n)
 void ymo_http_set_exchange(ymo_conn_t *c, void *exchange)
 {
     SESSION(c)->exchange = exchange;
+}
+
+void *ymo_http_exchange(ymo_conn_t *c)
+{
+    return SESSION(c)->exchange;
+}
+
+void ymo_http_suspend(ymo_conn_t *c)
+{
+    SESSION(c)->flags |= SF_SUSPENDED;
 }
 
 ymo_http_response_t *ymo_http_response(ymo_conn_t *c)

@@ -167,6 +167,9 @@ void ymo__py_app_failed(YmoServerObject *srv, ymo_conn_t *c, const char *what);
 /* A whole short text/plain response on c, replacing any response state. */
 void ymo__py_simple_response(ymo_conn_t *c, int status, const char *text);
 
+/* Go on with a WSGI response suspended at the high-water mark. GIL held. */
+void ymo__py_wsgi_resume(YmoServerObject *self, ymo_conn_t *c);
+
 /* Serve one request on c through the WSGI application. GIL held. */
 void ymo__py_wsgi_run(YmoServerObject *self, ymo_conn_t *c);
 

@@ -141,6 +141,11 @@ static PyObject *server_work(YmoServerObject *self, PyObject *unused)
     }
 }
 
+static void hook_resume(ymo_server_t *s, ymo_conn_t *c)
+{
+    ymo__py_wsgi_resume((YmoServerObject *)s->data, c);
+}
+
 static void hook_request(ymo_server_t *s, ymo_conn_t *c)
 {
     YmoServerObject *self = (YmoServerObject *)s->data;
@@ -488,6 +493,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         .release = hook_release,
         .log = hook_log,
         .submit = nthreads > 0 ? hook_submit : NULL,
+        .resume = hook_resume,
     };
     int r = ymo_server_init(&self->srv, &cfg, &hooks, self);
     if (r < 0) {

@@ -43,6 +43,12 @@ typedef struct {
     int code;
     int head_sent;
     int app_length;             /* the application set Content-Length */
+    /* Kept while a response waits for its output to drain (loop mode). */
+    PyObject *env;
+    PyObject *input;
+    PyObject *result;           /* the application's iterable */
+    PyObject *iter;             /* iter(result), being consumed */
+    double started;
 } YmoWSGIRequestObject;
 
 static int req_live(YmoWSGIRequestObject *rq)
@@ -333,7 +339,7 @@ static int send_chunk(YmoWSGIRequestObject *rq, PyObject *chunk)
         PyErr_NoMemory();
         return -1;
     }
-    return ymo__py_backpressure(rq->server, rq->conn);
+    return 0;
 }
 
 static PyObject *req_write(YmoWSGIRequestObject *rq, PyObject *data)
@@ -344,7 +350,8 @@ static PyObject *req_write(YmoWSGIRequestObject *rq, PyObject *data)
         PyErr_SetString(PyExc_RuntimeError, "write() before start_response()");
         return NULL;
     }
-    if (send_chunk(rq, data) < 0)
+    /* write() cannot be paused: it waits while too much is queued. */
+    if (send_chunk(rq, data) < 0 || ymo__py_backpressure(rq->server, rq->conn) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -354,6 +361,10 @@ static void req_dealloc(YmoWSGIRequestObject *rq)
     PyTypeObject *tp = Py_TYPE(rq);
     Py_XDECREF(rq->status);
     Py_XDECREF(rq->headers);
+    Py_XDECREF(rq->env);
+    Py_XDECREF(rq->input);
+    Py_XDECREF(rq->result);
+    Py_XDECREF(rq->iter);
     tp->tp_free(rq);
     Py_DECREF(tp);
 }
@@ -947,6 +958,39 @@ static int send_file(YmoWSGIRequestObject *rq, PyObject *result)
     return 1;
 }
 
+/* Consume the iterable, streaming each chunk as it comes. Returns 0 when
+ * it is exhausted, -1 on error, 1 when the loop thread must not wait for a
+ * slow client: the response is suspended at the high-water mark and goes on
+ * when the output drains (a worker thread waits instead). */
+static int pump(YmoWSGIRequestObject *rq)
+{
+    ymo_conn_t *c = rq->conn;
+    PyObject *chunk;
+    while ((chunk = PyIter_Next(rq->iter)) != NULL) {
+        int r = send_chunk(rq, chunk);
+        Py_DECREF(chunk);
+        if (r < 0)
+            return -1;
+        /* Streamed as produced: the client gets each chunk while the
+         * application makes the next. */
+        if (ymo_conn_write_now(c) < 0)
+            ymo_conn_close(c);
+        if (c->flags & YMO_CONN_CLOSED)
+            return 0;       /* the client left: stop producing */
+        if (c->out.bytes >= c->server->cfg.output_high_water) {
+            if (!(c->flags & YMO_CONN_CHECKED_OUT))
+                return 1;
+            if (ymo__py_backpressure(rq->server, c) < 0)
+                return -1;
+        }
+    }
+    if (PyErr_Occurred())
+        return -1;
+    if (!rq->head_sent && send_head(rq, 0) < 0)
+        return -1;
+    return 0;
+}
+
 static int send_result(YmoWSGIRequestObject *rq, PyObject *result)
 {
     if (Py_IS_TYPE(result, (PyTypeObject *)rq->server->file_wrapper)) {
@@ -957,7 +1001,9 @@ static int send_result(YmoWSGIRequestObject *rq, PyObject *result)
     int64_t known = rq->head_sent ? -1 : sequence_length(result);
     if (known >= 0) {
         /* The whole body is here: frame it with Content-Length and send
-         * the head with it. */
+         * the head with it. It is in memory already, so it is queued by
+         * reference without waiting; a client that does not read stops
+         * the connection's next request from being parsed instead. */
         if (send_head(rq, known) < 0)
             return -1;
         Py_ssize_t n = PySequence_Fast_GET_SIZE(result);
@@ -967,31 +1013,10 @@ static int send_result(YmoWSGIRequestObject *rq, PyObject *result)
         }
         return 0;
     }
-    PyObject *it = PyObject_GetIter(result);
-    if (it == NULL)
+    rq->iter = PyObject_GetIter(result);
+    if (rq->iter == NULL)
         return -1;
-    PyObject *chunk;
-    while ((chunk = PyIter_Next(it)) != NULL) {
-        int r = send_chunk(rq, chunk);
-        Py_DECREF(chunk);
-        if (r < 0) {
-            Py_DECREF(it);
-            return -1;
-        }
-        /* Streamed as produced: the client gets each chunk while the
-         * application makes the next (a write that would block waits for
-         * the loop, or for the high-water mark). */
-        if (ymo_conn_write_now(rq->conn) < 0)
-            ymo_conn_close(rq->conn);
-        if (rq->conn->flags & YMO_CONN_CLOSED)
-            break;      /* the client left: stop producing */
-    }
-    Py_DECREF(it);
-    if (PyErr_Occurred())
-        return -1;
-    if (!rq->head_sent && send_head(rq, 0) < 0)
-        return -1;
-    return 0;
+    return pump(rq);
 }
 
 static void log_access(YmoServerObject *srv, PyObject *env, YmoWSGIRequestObject *rq,
@@ -1012,51 +1037,32 @@ static void log_access(YmoServerObject *srv, PyObject *env, YmoWSGIRequestObject
     Py_XDECREF(headers);
 }
 
-void ymo__py_wsgi_run(YmoServerObject *srv, ymo_conn_t *c)
+/* The response is over (or failed, with the error set): close() the
+ * iterable, finish or cut the response, log the access, let go. */
+static void finish(YmoWSGIRequestObject *rq, int failed)
 {
-    ymo_py_state *st = srv->st;
-    double started = srv->access_log ? now_monotonic() : 0;
-    PyObject *env = NULL, *result = NULL;
-    YmoInputObject *in = NULL;
-    YmoWSGIRequestObject *rq = PyObject_New(YmoWSGIRequestObject, st->wsgi_request_type);
-    if (rq == NULL)
-        goto nomem;
-    rq->vectorcall = req_vectorcall;
-    rq->conn = c;
-    rq->server = srv;
-    rq->status = rq->headers = NULL;
-    rq->code = rq->head_sent = rq->app_length = 0;
-    in = PyObject_New(YmoInputObject, st->input_type);
-    if (in == NULL)
-        goto nomem;
-    in->rq = (YmoWSGIRequestObject *)Py_NewRef(rq);
-    in->eof = 0;
-    env = build_environ(srv, c, (PyObject *)in);
-    if (env == NULL)
-        goto nomem;
-
-    PyObject *args[2] = {env, (PyObject *)rq};
-    result = PyObject_Vectorcall(srv->handler, args, 2, NULL);
-    int failed = result == NULL || send_result(rq, result) < 0;
+    YmoServerObject *srv = rq->server;
+    ymo_conn_t *c = rq->conn;
     if (failed)
         ymo__py_app_failed(srv, c, "Error handling request");
+    Py_CLEAR(rq->iter);
+    PyObject *result = rq->result;
+    rq->result = NULL;
     if (result != NULL) {
         /* PEP 3333: close() is called however the iteration ended. */
-        PyObject *saved = PyErr_GetRaisedException();
         if (!PyList_CheckExact(result) && !PyTuple_CheckExact(result)
             && !PyBytes_CheckExact(result)) {
             PyObject *close = PyObject_GetAttrString(result, "close");
             if (close != NULL) {
                 PyObject *r = PyObject_CallNoArgs(close);
                 if (r == NULL)
-                    ymo__py_log_exception(st, "exception in the response's close()");
+                    ymo__py_log_exception(srv->st, "exception in the response's close()");
                 Py_XDECREF(r);
                 Py_DECREF(close);
             } else {
                 PyErr_Clear();
             }
         }
-        PyErr_SetRaisedException(saved);
         Py_DECREF(result);
     }
     if (!(c->flags & YMO_CONN_CLOSED)) {
@@ -1069,19 +1075,75 @@ void ymo__py_wsgi_run(YmoServerObject *srv, ymo_conn_t *c)
             resp->flags |= YMO_RESP_CLOSE;      /* shorter than Content-Length */
     }
     if (srv->access_log != NULL)
-        log_access(srv, env, rq, c, started);
+        log_access(srv, rq->env, rq, c, rq->started);
     rq->conn = NULL;
-    Py_DECREF(env);
-    Py_DECREF(in);
-    Py_DECREF(rq);
+    Py_CLEAR(rq->env);
+    Py_CLEAR(rq->input);
+    Py_DECREF(rq);      /* the request's own reference, from wsgi_run */
+}
+
+/* Keep rq (and its reference) on c until its output drains. */
+static void suspend(YmoWSGIRequestObject *rq)
+{
+    ymo_http_set_exchange(rq->conn, rq);
+    ymo_http_suspend(rq->conn);
+}
+
+void ymo__py_wsgi_run(YmoServerObject *srv, ymo_conn_t *c)
+{
+    ymo_py_state *st = srv->st;
+    YmoInputObject *in = NULL;
+    YmoWSGIRequestObject *rq = PyObject_New(YmoWSGIRequestObject, st->wsgi_request_type);
+    if (rq == NULL)
+        goto nomem;
+    rq->vectorcall = req_vectorcall;
+    rq->conn = c;
+    rq->server = srv;
+    rq->status = rq->headers = NULL;
+    rq->env = rq->input = rq->result = rq->iter = NULL;
+    rq->code = rq->head_sent = rq->app_length = 0;
+    rq->started = srv->access_log ? now_monotonic() : 0;
+    in = PyObject_New(YmoInputObject, st->input_type);
+    if (in == NULL)
+        goto nomem;
+    in->rq = (YmoWSGIRequestObject *)Py_NewRef(rq);
+    in->eof = 0;
+    rq->input = (PyObject *)in;     /* steals in */
+    rq->env = build_environ(srv, c, rq->input);
+    if (rq->env == NULL)
+        goto nomem;
+
+    PyObject *args[2] = {rq->env, (PyObject *)rq};
+    rq->result = PyObject_Vectorcall(srv->handler, args, 2, NULL);
+    int r = rq->result == NULL ? -1 : send_result(rq, rq->result);
+    if (r == 1) {
+        suspend(rq);
+        return;
+    }
+    finish(rq, r < 0);
     return;
 nomem:
     ymo__py_log_exception(st, "could not set up a WSGI request");
-    Py_XDECREF(in);
-    if (rq != NULL)
+    if (rq != NULL) {
         rq->conn = NULL;
-    Py_XDECREF(rq);
+        Py_CLEAR(rq->input);    /* it refers back to rq */
+        Py_DECREF(rq);
+    }
     ymo_http_respond_error(c, 503, "out of memory");
+}
+
+void ymo__py_wsgi_resume(YmoServerObject *srv, ymo_conn_t *c)
+{
+    YmoWSGIRequestObject *rq = ymo_http_exchange(c);
+    int r = 0;
+    /* A closed connection only needs the clean-up. */
+    if (!(c->flags & YMO_CONN_CLOSED))
+        r = pump(rq);
+    if (r == 1) {
+        suspend(rq);
+        return;
+    }
+    finish(rq, r < 0);
 }
 
 /* --- Module set-up ---------------------------------------------------------- */

@@ -86,6 +86,11 @@ typedef struct {
     void (*on_eof)(ymo_conn_t *c, int err);
     /* The connection is about to be freed: release protocol state. */
     void (*on_free)(ymo_conn_t *c);
+    /* The connection was just closed (its memory stays until reaped). */
+    void (*on_close)(ymo_conn_t *c);
+    /* Non-zero while the embedder still holds the connection (a suspended
+     * exchange): reaping waits. */
+    int (*busy)(ymo_conn_t *c);
 } ymo_proto_t;
 
 /* --- Connection ---------------------------------------------------------- */
@@ -189,6 +194,9 @@ typedef struct {
      * calling on_request on the loop. The worker owns c (the loop leaves
      * it alone) until it calls ymo_server_checkin(). */
     void (*submit)(ymo_server_t *s, ymo_conn_t *c);
+    /* A suspended exchange can go on: its output drained, or its
+     * connection closed (then only clean up). Called like on_request. */
+    void (*resume)(ymo_server_t *s, ymo_conn_t *c);
 } ymo_server_hooks_t;
 
 typedef struct {

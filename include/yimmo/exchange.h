@@ -85,5 +85,11 @@ int ymo_http_respond_error(ymo_conn_t *c, int status, const char *reason);
 
 /* The embedder's object for the running exchange. */
 void ymo_http_set_exchange(ymo_conn_t *c, void *exchange);
+void *ymo_http_exchange(ymo_conn_t *c);
+
+/* From on_request or resume: the exchange is not finished, but waits for
+ * its output to drain (a producer paused at the high-water mark); the
+ * resume hook is called when it has, or when the connection closed. */
+void ymo_http_suspend(ymo_conn_t *c);
 
 #endif /* YIMMO_EXCHANGE_H */
