@@ -146,10 +146,24 @@ const char *ymo_conn_peer_host(ymo_conn_t *c, size_t *len, int *port)
 
 /* --- Input ------------------------------------------------------------- */
 
+/* Input buffers leave idle connections (which then cost no buffer) for a
+ * small server-wide cache, so that busy connections do not malloc, grow and
+ * free one per request; large bodies would otherwise pay mmap and page
+ * faults each time. */
+#define SPARE_BUF_MAX (1u << 20)
+
 int ymo_conn_reserve(ymo_conn_t *c, size_t n)
 {
     if (c->in.cap - c->in.len >= n)
         return 0;
+    ymo_server_t *s = c->server;
+    if (c->in.data == NULL && s->nspare_bufs > 0) {
+        /* The largest spare: they are kept sorted by size. */
+        c->in = s->spare_bufs[--s->nspare_bufs];
+        c->in.len = 0;
+        if (c->in.cap >= n)
+            return 0;
+    }
     size_t ncap = c->in.cap ? c->in.cap : 4096;
     while (ncap - c->in.len < n)
         ncap *= 2;
@@ -163,11 +177,36 @@ int ymo_conn_reserve(ymo_conn_t *c, size_t n)
 
 void ymo_conn_release_input(ymo_conn_t *c)
 {
-    if (c->in.len == 0 && c->in.data != NULL) {
-        free(c->in.data);
+    if (c->in.len != 0 || c->in.data == NULL)
+        return;
+#ifndef YMO_DEBUG
+    ymo_server_t *s = c->server;
+    if (c->in.cap <= SPARE_BUF_MAX) {
+        uint32_t n = s->nspare_bufs;
+        if (n == sizeof(s->spare_bufs) / sizeof(s->spare_bufs[0])) {
+            /* Full: drop the smallest if this one is larger. */
+            if (s->spare_bufs[0].cap >= c->in.cap)
+                goto drop;
+            free(s->spare_bufs[0].data);
+            memmove(&s->spare_bufs[0], &s->spare_bufs[1], (n - 1) * sizeof(ymo_buf_t));
+            n--;
+        }
+        uint32_t i = n;
+        while (i > 0 && s->spare_bufs[i - 1].cap > c->in.cap) {
+            s->spare_bufs[i] = s->spare_bufs[i - 1];
+            i--;
+        }
+        s->spare_bufs[i] = c->in;
+        s->nspare_bufs = n + 1;
         c->in.data = NULL;
         c->in.cap = 0;
+        return;
     }
+drop:
+#endif
+    free(c->in.data);
+    c->in.data = NULL;
+    c->in.cap = 0;
 }
 
 /* While a worker thread owns a connection, the loop's watchers and lists

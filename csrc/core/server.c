@@ -531,6 +531,8 @@ void ymo_server_free(ymo_server_t *s)
         s->free_conns = c->next;
         free(c);
     }
+    while (s->nspare_bufs > 0)
+        free(s->spare_bufs[--s->nspare_bufs].data);
     while (s->free_headers != NULL) {
         ymo_http_header_t *h = s->free_headers;
         s->free_headers = *(ymo_http_header_t **)h;

@@ -256,6 +256,8 @@ struct ymo_server_s {
     int stop_forced;                /* the graceful stop timed out */
 
     ymo_http_header_t *free_headers;/* freelist of header arrays */
+    ymo_buf_t spare_bufs[16];       /* input buffers of idle connections */
+    uint32_t nspare_bufs;
 
     /* Connections coming back from worker threads. */
     ev_async checkin_async;
