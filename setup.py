@@ -2,6 +2,9 @@
 
 Environment switches (documented in docs/building.md):
   YIMMO_DEBUG=1   -O0 -g with AddressSanitizer and UndefinedBehaviorSanitizer.
+  YIMMO_FUZZ=1    clang, -O1 -g with libFuzzer coverage (fuzzer-no-link), ASan
+                  and UBSan: the build fuzz/run.sh runs the harnesses against.
+  YIMMO_COVERAGE=1  gcc --coverage -O0 -g, for scripts/coverage.sh (gcovr).
   YIMMO_CFLAGS    extra compiler flags appended last.
 """
 import glob
@@ -62,7 +65,18 @@ def extension():
     extra_compile = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                      "-Wno-missing-field-initializers", "-fvisibility=hidden"]
     extra_link = []
-    if os.environ.get("YIMMO_DEBUG") == "1":
+    if os.environ.get("YIMMO_FUZZ") == "1":
+        # libFuzzer and the sanitizer runtimes are not linked in: fuzz/run.sh
+        # preloads them, merged, as atheris documents for native extensions.
+        os.environ.setdefault("CC", "clang")
+        san = ["-fsanitize=fuzzer-no-link,address,undefined", "-fno-omit-frame-pointer",
+               "-fno-sanitize-recover=undefined"]
+        extra_compile += ["-O1", "-g", "-DYMO_DEBUG=1"] + san
+        extra_link += san
+    elif os.environ.get("YIMMO_COVERAGE") == "1":
+        extra_compile += ["--coverage", "-O0", "-g"]
+        extra_link += ["--coverage"]
+    elif os.environ.get("YIMMO_DEBUG") == "1":
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
                "-fno-sanitize-recover=undefined"]
         extra_compile += ["-O0", "-g3", "-DYMO_DEBUG=1"] + san

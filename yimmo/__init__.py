@@ -1,4 +1,6 @@
 """yimmo: a fast HTTP/1.1, WebSocket and WSGI server with a C core on libev."""
-from ._yimmo import Exchange, Headers, ParseError, Server, WSGIServer, __version__
+from ._yimmo import (Exchange, Headers, ParseError, Server, WebSocket, WSGIServer, WSMessage,
+                     __version__)
 
-__all__ = ["Exchange", "Headers", "ParseError", "Server", "WSGIServer", "__version__"]
+__all__ = ["Exchange", "Headers", "ParseError", "Server", "WSGIServer", "WebSocket", "WSMessage",
+           "__version__"]

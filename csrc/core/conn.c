@@ -568,7 +568,7 @@ void ymo__conn_reap(ymo_server_t *s)
     while (s->closing != NULL) {
         ymo_conn_t *c = s->closing;
         s->closing = c->next_closing;
-        if (c->proto != NULL && c->proto->busy != NULL && c->proto->busy(c)) {
+        if (!s->freeing && c->proto != NULL && c->proto->busy != NULL && c->proto->busy(c)) {
             /* Its exchange is cleaned up by the next dispatch. */
             c->next_closing = held;
             held = c;

@@ -138,8 +138,15 @@ void ymo_server_run_ready(ymo_server_t *s)
         list = c->next_ready;
         c->next_ready = NULL;
         c->flags &= ~YMO_CONN_READY;
-        ymo__http_run(c);
+        c->proto->on_ready(c);
     }
+}
+
+void ymo_server_settle(ymo_server_t *s)
+{
+    for (int i = 0; i < 4 && s->ready != NULL; i++)
+        ymo_server_run_ready(s);
+    ymo__conn_reap(s);
 }
 
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
@@ -521,6 +528,7 @@ done:
 
 void ymo_server_free(ymo_server_t *s)
 {
+    s->freeing = 1;
     if (s->loop != NULL) {
         close_all(s);
         ymo__conn_reap(s);

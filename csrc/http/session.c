@@ -40,6 +40,8 @@ typedef struct {
     size_t body_rpos;   /* streamed up to here, from rstart */
     ymo_http_response_t resp;
     void *exchange;
+    const ymo_proto_t *upgrade;     /* the protocol to switch to, after this exchange */
+    void *upgrade_data;
 } session_t;
 
 #define SESSION(c) ((session_t *)(c)->proto_data)
@@ -273,25 +275,49 @@ static void process(ymo_conn_t *c)
     }
 }
 
-/* The handler is done with the exchange: step past the request. */
-static void exchange_done(ymo_conn_t *c, session_t *ss)
+/* Leave HTTP for the protocol the exchange upgraded to; the bytes behind
+ * the request stay in c->in for it (RFC 6455 4.2.2, RFC 9110 7.8). */
+static void switch_protocol(ymo_conn_t *c, session_t *ss)
+{
+    const ymo_proto_t *proto = ss->upgrade;
+    void *data = ss->upgrade_data;
+    ss->rstart += ss->scan;
+    compact(c, ss);
+    ymo__server_headers_put(c->server, ss->headers);
+    free(ss);
+    c->proto = proto;
+    c->proto_data = data;
+    ymo_conn_timer(c, 0);
+    ymo_conn_read_start(c);
+    if (c->in.len > 0)
+        proto->on_data(c);
+}
+
+/* The handler is done with the exchange: step past the request. Returns 1
+ * when the connection left HTTP (ss is gone). */
+static int exchange_done(ymo_conn_t *c, session_t *ss)
 {
     ymo_http_response_t *resp = &ss->resp;
     ss->exchange = NULL;
+    if (ss->state == S_RUNNING && ss->upgrade != NULL && (c->flags & YMO_CONN_CLOSED) == 0) {
+        switch_protocol(c, ss);
+        return 1;
+    }
     if (ss->state != S_RUNNING)
-        return;     /* answered with an error on the way */
+        return 0;     /* answered with an error on the way */
     if (!(resp->flags & YMO_RESP_FINISHED) || (resp->flags & YMO_RESP_CLOSE)
         || !(ss->flags & SF_BODY_DONE) || !(ss->parser.flags & YMO_HTTP_F_KEEPALIVE)) {
         /* Without the whole body read, where the next request starts is
          * unknown: close (RFC 9110 10.1.1 allows it). */
         ss->state = S_DEAD;
         ymo_conn_close_after_flush(c);
-        return;
+        return 0;
     }
     ss->rstart += ss->scan;
     ss->state = S_IDLE;
     ymo__server_headers_put(c->server, ss->headers);
     ss->headers = NULL;
+    return 0;
 }
 
 void ymo__http_run(ymo_conn_t *c)
@@ -305,7 +331,8 @@ void ymo__http_run(ymo_conn_t *c)
             return;
         if (ss->flags & SF_SUSPENDED)
             return;
-        exchange_done(c, ss);
+        if (exchange_done(c, ss))
+            return;
         if (ss->state == S_IDLE)
             process(c);
     }
@@ -336,7 +363,8 @@ void ymo__http_run(ymo_conn_t *c)
             return;
         if (ss->flags & SF_SUSPENDED)
             return;     /* resumed once its output drains */
-        exchange_done(c, ss);
+        if (exchange_done(c, ss))
+            return;
         if (ss->state == S_IDLE)
             process(c);
     }
@@ -348,7 +376,8 @@ void ymo__http_run(ymo_conn_t *c)
 void ymo__http_checkin(ymo_conn_t *c)
 {
     session_t *ss = SESSION(c);
-    exchange_done(c, ss);
+    if (exchange_done(c, ss))
+        return;
     if (c->flags & YMO_CONN_CLOSE_AFTER_FLUSH) {
         /* Recorded while checked out: carry it out now. */
         c->flags &= ~YMO_CONN_CLOSE_AFTER_FLUSH;
@@ -464,8 +493,15 @@ static void on_free(ymo_conn_t *c)
     if (ss == NULL)
         return;
     ymo__server_headers_put(c->server, ss->headers);
+    const ymo_proto_t *up = ss->upgrade;
+    void *up_data = ss->upgrade_data;
     free(ss);
     c->proto_data = NULL;
+    if (up != NULL) {
+        /* Closed before the switch: the next protocol frees its state. */
+        c->proto_data = up_data;
+        up->on_free(c);
+    }
 }
 
 const ymo_proto_t ymo__http_proto = {
@@ -476,6 +512,7 @@ const ymo_proto_t ymo__http_proto = {
     .on_free = on_free,
     .on_close = on_close,
     .busy = busy,
+    .on_ready = ymo__http_run,
 };
 
 int ymo__http_attach(ymo_conn_t *c)
@@ -633,6 +670,14 @@ void *ymo_http_exchange(ymo_conn_t *c)
 void ymo_http_suspend(ymo_conn_t *c)
 {
     SESSION(c)->flags |= SF_SUSPENDED;
+}
+
+void ymo_http_upgrade(ymo_conn_t *c, const ymo_proto_t *proto, void *data)
+{
+    session_t *ss = SESSION(c);
+    ss->upgrade = proto;
+    ss->upgrade_data = data;
+    ss->resp.flags |= YMO_RESP_STARTED | YMO_RESP_HEAD_DONE | YMO_RESP_FINISHED;
 }
 
 ymo_http_response_t *ymo_http_response(ymo_conn_t *c)

@@ -509,6 +509,33 @@ void ymo__py_simple_response(ymo_conn_t *c, int status, const char *text)
         resp->flags |= YMO_RESP_CLOSE;
 }
 
+/* A request for a WebSocket path: upgrade it (1), or 0 for plain HTTP. */
+static int ws_route(YmoServerObject *srv, YmoExchangeObject *ex)
+{
+    PyObject *path = ex_path(ex, NULL);
+    PyObject *handler = path ? PyDict_GetItemWithError(srv->ws_routes, path) : NULL;  /* borrowed */
+    int done = 0;
+    if (handler != NULL) {
+        PyObject *query = ex_query(ex, NULL);
+        PyObject *headers = ex_headers(ex, NULL);
+        PyObject *addr = ex_remote_addr(ex, NULL);
+        if (query && headers && addr)
+            done = ymo__py_ws_upgrade(srv, ex->conn, handler, path, query, headers, addr);
+        Py_XDECREF(query);
+        Py_XDECREF(headers);
+        Py_XDECREF(addr);
+    }
+    if (PyErr_Occurred()) {
+        ymo__py_log_exception(srv->st, "WebSocket upgrade");
+        if (!done) {
+            ymo__py_simple_response(ex->conn, 500, "Internal Server Error\n");
+            done = 1;
+        }
+    }
+    Py_XDECREF(path);
+    return done;
+}
+
 void ymo__py_exchange_run(YmoServerObject *srv, ymo_conn_t *c)
 {
     ymo_py_state *st = srv->st;
@@ -526,6 +553,11 @@ void ymo__py_exchange_run(YmoServerObject *srv, ymo_conn_t *c)
     ymo_http_set_exchange(c, ex);
 
     PyObject *arg = (PyObject *)ex;
+    if (srv->ws_routes != NULL && ws_route(srv, ex)) {
+        ex->conn = NULL;
+        Py_DECREF(ex);
+        return;
+    }
     PyObject *r = PyObject_Vectorcall(srv->handler, &arg, 1, NULL);
     ymo_http_response_t *resp = ymo_http_response(c);
     if (r == NULL) {

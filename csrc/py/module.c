@@ -173,7 +173,7 @@ static int module_exec(PyObject *m)
         return -1;
     if (ymo__py_headers_init(m, st) < 0 || ymo__py_parsers_init(m, st) < 0
         || ymo__py_exchange_init(m, st) < 0 || ymo__py_server_init(m, st) < 0
-        || ymo__py_wsgi_init(m, st) < 0)
+        || ymo__py_wsgi_init(m, st) < 0 || ymo__py_ws_init(m, st) < 0)
         return -1;
     return 0;
 }
@@ -188,6 +188,8 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->parse_error);
     Py_VISIT(st->logger);
     Py_VISIT(st->wsgi_server_type);
+    Py_VISIT(st->websocket_type);
+    Py_VISIT(st->wsmessage_type);
     return ymo__py_wsgi_traverse(st, visit, arg);
 }
 
@@ -201,6 +203,8 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->parse_error);
     Py_CLEAR(st->logger);
     Py_CLEAR(st->wsgi_server_type);
+    Py_CLEAR(st->websocket_type);
+    Py_CLEAR(st->wsmessage_type);
     ymo__py_wsgi_clear(st);
     for (int i = 0; i < 9; i++)
         Py_CLEAR(st->str_methods[i]);

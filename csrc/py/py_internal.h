@@ -7,6 +7,7 @@
 
 #include "yimmo/core.h"
 #include "yimmo/exchange.h"
+#include "yimmo/ws.h"
 
 #if PY_VERSION_HEX < 0x030C0000
 /* Python 3.11 lacks the single-object exception API of 3.12. */
@@ -52,6 +53,8 @@ enum {
 /* Per-module state (PEP 573): every type and cached object lives here. */
 typedef struct {
     PyTypeObject *wsgi_server_type;
+    PyTypeObject *websocket_type;
+    PyTypeObject *wsmessage_type;
     PyTypeObject *wsgi_request_type;
     PyTypeObject *input_type;
     PyObject *wsgi_keys[WK__COUNT];
@@ -85,6 +88,9 @@ int ymo__py_parsers_init(PyObject *module, ymo_py_state *st);
 int ymo__py_server_init(PyObject *module, ymo_py_state *st);
 int ymo__py_exchange_init(PyObject *module, ymo_py_state *st);
 int ymo__py_wsgi_init(PyObject *module, ymo_py_state *st);
+int ymo__py_ws_init(PyObject *module, ymo_py_state *st);
+/* The engine's WebSocket hooks. */
+void ymo__py_ws_hooks(ymo_server_hooks_t *hooks);
 void ymo__py_wsgi_clear(ymo_py_state *st);
 int ymo__py_wsgi_traverse(ymo_py_state *st, visitproc visit, void *arg);
 
@@ -135,6 +141,8 @@ typedef struct {
     PyObject *access_log;       /* callable or NULL */
     PyObject *file_wrapper;     /* yimmo.wsgi.FileWrapper */
     PyObject *environ_template; /* copied for each request: keys in place */
+    PyObject *ws_routes;        /* {path: handler} for WebSockets, or NULL */
+    ymo_ws_config_t ws_config;
 } YmoServerObject;
 
 /* Whether this thread holds the GIL, for the engine's release hook (which
@@ -166,6 +174,11 @@ void ymo__py_app_failed(YmoServerObject *srv, ymo_conn_t *c, const char *what);
 
 /* A whole short text/plain response on c, replacing any response state. */
 void ymo__py_simple_response(ymo_conn_t *c, int status, const char *text);
+
+/* A request on a WebSocket path: 1 when it was handled (upgraded or
+ * refused), 0 when it is no upgrade and the HTTP handler should answer. */
+int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, PyObject *path,
+                       PyObject *query, PyObject *headers, PyObject *remote_addr);
 
 /* Go on with a WSGI response suspended at the high-water mark. GIL held. */
 void ymo__py_wsgi_resume(YmoServerObject *self, ymo_conn_t *c);

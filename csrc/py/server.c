@@ -344,6 +344,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         "keepalive_timeout", "header_timeout", "body_timeout", "send_timeout",
         "max_body_size", "max_request_line", "max_header_size", "max_header_bytes",
         "max_headers", "on_tick", "tick_interval", "max_connections",
+        "websocket", "ws_max_message", "ws_idle_timeout", "ws_send_limit", "ws_deflate",
         /* WSGIServer only, from here. */
         "url_scheme", "script_name", "multiprocess", "access_log", "threads",
         "body_buffer_size", NULL,
@@ -353,12 +354,14 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     PyObject *ka = NULL, *ht = NULL, *bt = NULL, *st_o = NULL;
     PyObject *mb = NULL, *mrl = NULL, *mhs = NULL, *mhb = NULL, *mh = NULL;
     PyObject *on_tick = Py_None, *tick_o = NULL, *maxconn = NULL;
+    PyObject *ws_routes = Py_None, *ws_max = NULL, *ws_idle = NULL, *ws_limit = NULL;
+    int ws_deflate = 1;
     PyObject *url_scheme = NULL, *script_name = NULL, *multiprocess = NULL;
     PyObject *access_log = NULL, *threads = NULL, *bbs = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOOO", kwlist, &handler,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOpOOOOOOO", kwlist, &handler,
                                      &host_o, &port_o, &sock, &backlog_o, &reuse_port, &ka, &ht,
                                      &bt, &st_o, &mb, &mrl, &mhs, &mhb, &mh, &on_tick, &tick_o,
-                                     &maxconn,
+                                     &maxconn, &ws_routes, &ws_max, &ws_idle, &ws_limit, &ws_deflate,
                                      &url_scheme, &script_name, &multiprocess, &access_log,
                                      &threads, &bbs))
         return NULL;
@@ -467,6 +470,25 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     if (maxconn != Py_None && set_uint(maxconn, "max_connections", 1u << 24, &v) < 0)
         return NULL;
     cfg.max_connections = (uint32_t)v;
+    if (ws_routes != Py_None && !PyDict_Check(ws_routes)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "websocket must be a dict of {path: handler object}");
+        return NULL;
+    }
+    ymo_ws_config_t wscfg = {
+        .max_message = 16u << 20, .idle_timeout = 300.0, .send_limit = 16u << 20,
+        .deflate = ws_deflate,
+    };
+    v = wscfg.max_message;
+    if (set_uint(ws_max, "ws_max_message", 1ull << 40, &v) < 0)
+        return NULL;
+    wscfg.max_message = v;
+    v = wscfg.send_limit;
+    if (set_uint(ws_limit, "ws_send_limit", 1ull << 40, &v) < 0)
+        return NULL;
+    wscfg.send_limit = (size_t)v;
+    if (set_double(ws_idle, "ws_idle_timeout", &wscfg.idle_timeout) < 0)
+        return NULL;
     /* The native handler gets whole bodies (up to max_body_size) without
      * waiting on the loop; a WSGI app streams what exceeds the buffer. */
     v = wsgi ? 65536 : cfg.http.max_body;
@@ -483,6 +505,8 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     self->sigfd[0] = self->sigfd[1] = -1;
     self->wsgi = wsgi;
     self->nthreads = (int)nthreads;
+    self->ws_config = wscfg;
+    self->ws_routes = ws_routes != Py_None ? PyDict_Copy(ws_routes) : NULL;
     pthread_mutex_init(&self->garbage_lock, NULL);
     pthread_mutex_init(&self->wq_lock, NULL);
     pthread_cond_init(&self->wq_cond, NULL);
@@ -495,6 +519,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         .submit = nthreads > 0 ? hook_submit : NULL,
         .resume = hook_resume,
     };
+    ymo__py_ws_hooks(&hooks);
     int r = ymo_server_init(&self->srv, &cfg, &hooks, self);
     if (r < 0) {
         PyErr_SetString(PyExc_OSError, "could not create the event loop");
@@ -702,6 +727,7 @@ static PyObject *server_run(YmoServerObject *self, PyObject *unused)
     drop_gil(self);
     ymo_server_run(&self->srv);
     take_gil(self);
+    ymo_server_settle(&self->srv);
     if (self->on_tick != NULL) {
         ev_ref(self->srv.loop);
         ev_timer_stop(self->srv.loop, &self->tick);
@@ -773,6 +799,7 @@ static int server_traverse(YmoServerObject *self, visitproc visit, void *arg)
     Py_VISIT(self->on_tick);
     Py_VISIT(self->access_log);
     Py_VISIT(self->file_wrapper);
+    Py_VISIT(self->ws_routes);
     return 0;
 }
 
@@ -784,6 +811,7 @@ static int server_clear(YmoServerObject *self)
     Py_CLEAR(self->access_log);
     Py_CLEAR(self->file_wrapper);
     Py_CLEAR(self->environ_template);
+    Py_CLEAR(self->ws_routes);
     Py_CLEAR(self->url_scheme);
     Py_CLEAR(self->script_name);
     Py_CLEAR(self->server_name);

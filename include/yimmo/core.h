@@ -91,6 +91,9 @@ typedef struct {
     /* Non-zero while the embedder still holds the connection (a suspended
      * exchange): reaping waits. */
     int (*busy)(ymo_conn_t *c);
+    /* The connection is on the ready list: run what waits for the
+     * embedder (called from ymo_server_run_ready, the embedder's lock held). */
+    void (*on_ready)(ymo_conn_t *c);
 } ymo_proto_t;
 
 /* --- Connection ---------------------------------------------------------- */
@@ -197,6 +200,10 @@ typedef struct {
     /* A suspended exchange can go on: its output drained, or its
      * connection closed (then only clean up). Called like on_request. */
     void (*resume)(ymo_server_t *s, ymo_conn_t *c);
+    /* WebSocket: a whole message arrived (data is malloc'd; the hook owns
+     * it), or the connection closed with code and reason (exactly once). */
+    void (*ws_message)(ymo_server_t *s, ymo_conn_t *c, int opcode, uint8_t *data, size_t len);
+    void (*ws_close)(ymo_server_t *s, ymo_conn_t *c, int code, const char *reason, size_t len);
 } ymo_server_hooks_t;
 
 typedef struct {
@@ -254,6 +261,7 @@ struct ymo_server_s {
     int stopping;
     int accept_paused;              /* at max_connections */
     int stop_forced;                /* the graceful stop timed out */
+    int freeing;                    /* ymo_server_free: nothing waits any more */
 
     ymo_http_header_t *free_headers;/* freelist of header arrays */
     ymo_buf_t spare_bufs[16];       /* input buffers of idle connections */
@@ -288,6 +296,9 @@ int ymo_server_run(ymo_server_t *s);
 void ymo_server_stop(ymo_server_t *s, double timeout);
 /* Called from the dispatch hook: run the ready connections. */
 void ymo_server_run_ready(ymo_server_t *s);
+/* After ymo_server_run() returned, with the embedder's lock: deliver what
+ * is still due (close notifications) and free the closed connections. */
+void ymo_server_settle(ymo_server_t *s);
 
 /* The cached "Date: ...\r\n" line, refreshed once a second (per thread). */
 const char *ymo_server_date(ymo_server_t *s, size_t *len);

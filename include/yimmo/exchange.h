@@ -87,6 +87,11 @@ int ymo_http_respond_error(ymo_conn_t *c, int status, const char *reason);
 void ymo_http_set_exchange(ymo_conn_t *c, void *exchange);
 void *ymo_http_exchange(ymo_conn_t *c);
 
+/* The exchange switched protocols (its 101 response is queued): when it
+ * ends, the connection runs proto with data, and the bytes after the
+ * request go to it. */
+void ymo_http_upgrade(ymo_conn_t *c, const ymo_proto_t *proto, void *data);
+
 /* From on_request or resume: the exchange is not finished, but waits for
  * its output to drain (a producer paused at the high-water mark); the
  * resume hook is called when it has, or when the connection closed. */

@@ -1,0 +1,605 @@
+/*
+ * yimmo.WebSocket and yimmo.WSMessage: WebSockets on yimmo.Server, driven
+ * by callbacks on the loop thread (on_connect, on_open, on_message,
+ * on_close of a handler object registered per path), and
+ * yimmo.parsers.parse_ws_frames for tests and fuzzers.
+ */
+#include "py/py_internal.h"
+
+#include "yimmo/ws.h"
+
+typedef struct {
+    PyObject_HEAD
+    ymo_conn_t *conn;           /* NULL once closed */
+    YmoServerObject *server;    /* borrowed: valid while conn is set */
+    PyObject *handler;          /* the path's handler object */
+    PyObject *path, *query, *headers, *remote_addr, *subprotocol, *subprotocols;
+    int close_code;
+} YmoWebSocketObject;
+
+typedef struct {
+    PyObject_HEAD
+    uint8_t *data;              /* malloc'd, owned */
+    Py_ssize_t len;
+    int opcode;
+    PyObject *text;             /* cached str */
+} YmoWSMessageObject;
+
+/* --- WSMessage ------------------------------------------------------------ */
+
+static PyObject *msg_new(ymo_py_state *st, int opcode, uint8_t *data, size_t len)
+{
+    YmoWSMessageObject *m = PyObject_New(YmoWSMessageObject, st->wsmessage_type);
+    if (m == NULL) {
+        free(data);
+        return NULL;
+    }
+    m->data = data;     /* owned from here */
+    m->len = (Py_ssize_t)len;
+    m->opcode = opcode;
+    m->text = NULL;
+    return (PyObject *)m;
+}
+
+static void msg_dealloc(YmoWSMessageObject *m)
+{
+    PyTypeObject *tp = Py_TYPE(m);
+    free(m->data);
+    Py_XDECREF(m->text);
+    tp->tp_free(m);
+    Py_DECREF(tp);
+}
+
+static int msg_getbuffer(YmoWSMessageObject *m, Py_buffer *view, int flags)
+{
+    /* Read-only and alive as long as the view holds the message. */
+    return PyBuffer_FillInfo(view, (PyObject *)m, m->data, m->len, 1, flags);
+}
+
+static PyObject *msg_text(YmoWSMessageObject *m, void *c)
+{
+    if (m->text == NULL)
+        m->text = PyUnicode_DecodeUTF8((const char *)m->data, m->len, "strict");
+    return Py_XNewRef(m->text);
+}
+
+static PyObject *msg_data(YmoWSMessageObject *m, void *c)
+{
+    return PyBytes_FromStringAndSize((const char *)m->data, m->len);
+}
+
+static PyObject *msg_is_text(YmoWSMessageObject *m, void *c)
+{
+    return PyBool_FromLong(m->opcode == YMO_WS_TEXT);
+}
+
+static PyObject *msg_is_binary(YmoWSMessageObject *m, void *c)
+{
+    return PyBool_FromLong(m->opcode == YMO_WS_BINARY);
+}
+
+static Py_ssize_t msg_len(YmoWSMessageObject *m)
+{
+    return m->len;
+}
+
+static PyObject *msg_bytes(YmoWSMessageObject *m, PyObject *unused)
+{
+    return msg_data(m, NULL);
+}
+
+static PyObject *msg_repr(YmoWSMessageObject *m)
+{
+    return PyUnicode_FromFormat("<yimmo.WSMessage %s, %zd bytes>",
+                                m->opcode == YMO_WS_TEXT ? "text" : "binary", m->len);
+}
+
+static PyGetSetDef msg_getset[] = {
+    {"text", (getter)msg_text, NULL, "The payload decoded as str (UTF-8).", NULL},
+    {"data", (getter)msg_data, NULL, "The payload as bytes (a copy; memoryview(msg) is none).", NULL},
+    {"is_text", (getter)msg_is_text, NULL, "A text message.", NULL},
+    {"is_binary", (getter)msg_is_binary, NULL, "A binary message.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef msg_methods[] = {
+    {"__bytes__", (PyCFunction)msg_bytes, METH_NOARGS, "The payload as bytes."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot msg_slots[] = {
+    {Py_tp_doc, "A received WebSocket message; supports the buffer protocol (zero copy)."},
+    {Py_tp_dealloc, msg_dealloc},
+    {Py_tp_repr, msg_repr},
+    {Py_tp_getset, msg_getset},
+    {Py_tp_methods, msg_methods},
+    {Py_sq_length, msg_len},
+    {Py_bf_getbuffer, msg_getbuffer},
+    {0, NULL},
+};
+
+static PyType_Spec msg_spec = {
+    .name = "yimmo.WSMessage",
+    .basicsize = sizeof(YmoWSMessageObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = msg_slots,
+};
+
+/* --- WebSocket ------------------------------------------------------------ */
+
+static int ws_live(YmoWebSocketObject *ws)
+{
+    if (ws->conn == NULL || (ws->conn->flags & YMO_CONN_CLOSED)) {
+        PyErr_SetString(PyExc_ConnectionError, "the WebSocket is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *ws_send(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"data", "fin", NULL};
+    PyObject *data;
+    int fin = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$p:send", kwlist, &data, &fin))
+        return NULL;
+    if (ws_live(ws) < 0)
+        return NULL;
+    PyObject *owner;
+    int opcode;
+    if (PyUnicode_Check(data)) {
+        owner = PyUnicode_AsUTF8String(data);
+        opcode = YMO_WS_TEXT;
+    } else if (PyBytes_Check(data)) {
+        owner = Py_NewRef(data);
+        opcode = YMO_WS_BINARY;
+    } else if (PyObject_CheckBuffer(data)) {
+        owner = PyBytes_FromObject(data);
+        opcode = YMO_WS_BINARY;
+    } else {
+        PyErr_Format(PyExc_TypeError, "data must be str or bytes, not %.100s",
+                     Py_TYPE(data)->tp_name);
+        return NULL;
+    }
+    if (owner == NULL)
+        return NULL;
+    /* The first fragment names the message's type; the rest continue it. */
+    if (ws->close_code == -1)
+        opcode = YMO_WS_CONT;
+    int r = ymo_ws_send(ws->conn, opcode, PyBytes_AS_STRING(owner), (size_t)PyBytes_GET_SIZE(owner),
+                        fin, owner);
+    if (r == YMO_E_NOMEM) {
+        PyErr_SetString(PyExc_BufferError,
+                        "the client is not reading: the send queue is over its limit");
+        return NULL;
+    }
+    if (r == YMO_E_STATE) {
+        PyErr_SetString(PyExc_RuntimeError, "a fragmented message is still being sent");
+        return NULL;
+    }
+    if (r < 0) {
+        PyErr_SetString(PyExc_ConnectionError, "the WebSocket is closing");
+        return NULL;
+    }
+    ws->close_code = fin ? 0 : -1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *ws_ping(YmoWebSocketObject *ws, PyObject *const *args, Py_ssize_t nargs)
+{
+    const char *p = "";
+    Py_ssize_t n = 0;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "ping() takes at most one argument");
+        return NULL;
+    }
+    if (nargs == 1) {
+        if (!PyBytes_Check(args[0])) {
+            PyErr_SetString(PyExc_TypeError, "ping payload must be bytes");
+            return NULL;
+        }
+        p = PyBytes_AS_STRING(args[0]);
+        n = PyBytes_GET_SIZE(args[0]);
+        if (n > 125) {
+            PyErr_SetString(PyExc_ValueError, "ping payload is at most 125 bytes (RFC 6455 5.5)");
+            return NULL;
+        }
+    }
+    if (ws_live(ws) < 0)
+        return NULL;
+    /* Control frames may go between the fragments of a message. */
+    uint8_t hdr[14];
+    size_t hl = ymo_ws_frame_header(hdr, 1, 0, YMO_WS_PING, (uint64_t)n);
+    if (ymo_outq_copy(&ws->conn->out, hdr, hl) < 0 || ymo_outq_copy(&ws->conn->out, p, (size_t)n) < 0)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *ws_close(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"code", "reason", NULL};
+    int code = YMO_WS_NORMAL;
+    const char *reason = "";
+    Py_ssize_t rlen = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|is#:close", kwlist, &code, &reason, &rlen))
+        return NULL;
+    if (!((code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014)
+          || (code >= 3000 && code <= 4999))) {
+        PyErr_Format(PyExc_ValueError, "close code %d is not one an endpoint may send", code);
+        return NULL;
+    }
+    if (rlen > 123) {
+        PyErr_SetString(PyExc_ValueError, "the close reason is at most 123 bytes in UTF-8");
+        return NULL;
+    }
+    if (ws->conn != NULL && !(ws->conn->flags & YMO_CONN_CLOSED))
+        ymo_ws_close(ws->conn, code, reason, (size_t)rlen);
+    Py_RETURN_NONE;
+}
+
+#define WS_ATTR(name)                                           \
+    static PyObject *ws_get_##name(YmoWebSocketObject *ws, void *c) \
+    {                                                           \
+        return Py_NewRef(ws->name ? ws->name : Py_None);        \
+    }
+WS_ATTR(path)
+WS_ATTR(query)
+WS_ATTR(headers)
+WS_ATTR(remote_addr)
+WS_ATTR(subprotocol)
+WS_ATTR(subprotocols)
+
+static PyObject *ws_get_closed(YmoWebSocketObject *ws, void *c)
+{
+    return PyBool_FromLong(ws->conn == NULL || (ws->conn->flags & YMO_CONN_CLOSED));
+}
+
+static int ws_traverse(YmoWebSocketObject *ws, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(ws));
+    Py_VISIT(ws->handler);
+    Py_VISIT(ws->headers);
+    return 0;
+}
+
+static int ws_clear(YmoWebSocketObject *ws)
+{
+    Py_CLEAR(ws->handler);
+    Py_CLEAR(ws->path);
+    Py_CLEAR(ws->query);
+    Py_CLEAR(ws->headers);
+    Py_CLEAR(ws->remote_addr);
+    Py_CLEAR(ws->subprotocol);
+    Py_CLEAR(ws->subprotocols);
+    return 0;
+}
+
+static void ws_dealloc(YmoWebSocketObject *ws)
+{
+    PyTypeObject *tp = Py_TYPE(ws);
+    PyObject_GC_UnTrack(ws);
+    ws_clear(ws);
+    tp->tp_free(ws);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef ws_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))ws_send, METH_VARARGS | METH_KEYWORDS,
+     "send(data, *, fin=True): send str (text) or bytes (binary); fin=False sends a fragment\n"
+     "and later calls continue the message. BufferError when the client does not read."},
+    {"ping", (PyCFunction)(void (*)(void))ws_ping, METH_FASTCALL, "ping(payload=b''): send a ping."},
+    {"close", (PyCFunction)(void (*)(void))ws_close, METH_VARARGS | METH_KEYWORDS,
+     "close(code=1000, reason=''): start the closing handshake."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef ws_getset[] = {
+    {"path", (getter)ws_get_path, NULL, "The request path.", NULL},
+    {"query", (getter)ws_get_query, NULL, "The query string.", NULL},
+    {"headers", (getter)ws_get_headers, NULL, "The handshake request's yimmo.Headers.", NULL},
+    {"remote_addr", (getter)ws_get_remote_addr, NULL, "The client's (host, port).", NULL},
+    {"subprotocol", (getter)ws_get_subprotocol, NULL, "The subprotocol chosen, or None.", NULL},
+    {"subprotocols", (getter)ws_get_subprotocols, NULL, "The subprotocols the client offered.", NULL},
+    {"closed", (getter)ws_get_closed, NULL, "True once the connection is closing or closed.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot ws_slots[] = {
+    {Py_tp_doc, "A WebSocket connection on yimmo.Server."},
+    {Py_tp_dealloc, ws_dealloc},
+    {Py_tp_traverse, ws_traverse},
+    {Py_tp_clear, ws_clear},
+    {Py_tp_methods, ws_methods},
+    {Py_tp_getset, ws_getset},
+    {0, NULL},
+};
+
+static PyType_Spec ws_spec = {
+    .name = "yimmo.WebSocket",
+    .basicsize = sizeof(YmoWebSocketObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE
+             | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = ws_slots,
+};
+
+/* --- The hooks -------------------------------------------------------------- */
+
+/* Call handler.name(*args) if the handler has it. 0, or -1 (logged). */
+static int call_optional(YmoServerObject *srv, YmoWebSocketObject *ws, const char *name,
+                         PyObject *const *args, size_t n, PyObject **result)
+{
+    PyObject *meth = PyObject_GetAttrString(ws->handler, name);
+    if (result != NULL)
+        *result = NULL;
+    if (meth == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *r = PyObject_Vectorcall(meth, args, n, NULL);
+    Py_DECREF(meth);
+    if (r == NULL) {
+        ymo__py_app_failed(srv, NULL, name);
+        return -1;
+    }
+    if (result != NULL)
+        *result = r;
+    else
+        Py_DECREF(r);
+    return 0;
+}
+
+static void hook_ws_message(ymo_server_t *s, ymo_conn_t *c, int opcode, uint8_t *data, size_t len)
+{
+    YmoServerObject *srv = (YmoServerObject *)s->data;
+    YmoWebSocketObject *ws = ymo_ws_user(c);
+    PyObject *msg = msg_new(srv->st, opcode, data, len);
+    if (msg == NULL) {
+        PyErr_Clear();
+        ymo_ws_close(c, YMO_WS_INTERNAL, "out of memory", 13);
+        return;
+    }
+    PyObject *args[2] = {(PyObject *)ws, msg};
+    if (call_optional(srv, ws, "on_message", args, 2, NULL) < 0 && ws->conn != NULL
+        && !(c->flags & YMO_CONN_CLOSED))
+        ymo_ws_close(c, YMO_WS_INTERNAL, "internal error", 14);
+    Py_DECREF(msg);
+}
+
+static void hook_ws_close(ymo_server_t *s, ymo_conn_t *c, int code, const char *reason, size_t len)
+{
+    YmoServerObject *srv = (YmoServerObject *)s->data;
+    YmoWebSocketObject *ws = ymo_ws_user(c);
+    PyObject *pcode = PyLong_FromLong(code);
+    PyObject *preason = PyUnicode_DecodeUTF8(reason, (Py_ssize_t)len, "replace");
+    if (pcode != NULL && preason != NULL) {
+        PyObject *args[3] = {(PyObject *)ws, pcode, preason};
+        call_optional(srv, ws, "on_close", args, 3, NULL);
+    } else {
+        PyErr_Clear();
+    }
+    Py_XDECREF(pcode);
+    Py_XDECREF(preason);
+    ws->conn = NULL;
+    Py_DECREF(ws);      /* the connection's reference, from the upgrade */
+}
+
+/* The subprotocols a client offers, as a list of str. */
+static PyObject *offered(const ymo_ws_request_t *req)
+{
+    PyObject *list = PyList_New(0);
+    if (list == NULL || req->protocols == NULL)
+        return list;
+    size_t i = 0, n = req->protocols_len;
+    const char *v = req->protocols;
+    while (i < n) {
+        while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < n && v[i] != ',' && v[i] != ' ' && v[i] != '\t')
+            i++;
+        if (i > start) {
+            PyObject *s = PyUnicode_DecodeLatin1(v + start, (Py_ssize_t)(i - start), NULL);
+            if (s == NULL || PyList_Append(list, s) < 0) {
+                Py_XDECREF(s);
+                Py_DECREF(list);
+                return NULL;
+            }
+            Py_DECREF(s);
+        }
+    }
+    return list;
+}
+
+static void refuse(ymo_conn_t *c, int status)
+{
+    ymo_http_response_t *resp = ymo_http_response(c);
+    static const char text[] = "WebSocket handshake refused\n";
+    memset(resp, 0, sizeof(*resp));
+    /* RFC 6455 4.4: a version we do not speak gets 426 naming ours. */
+    int failed = ymo_http_response_begin(c, status) < 0
+                 || (status == 426
+                     && ymo_http_response_header(c, "Sec-WebSocket-Version", 21, "13", 2) < 0)
+                 || ymo_http_response_header(c, "Content-Type", 12, "text/plain", 10) < 0
+                 || ymo_http_response_end_head(c, sizeof(text) - 1) < 0
+                 || ymo_http_response_body(c, text, sizeof(text) - 1, NULL) < 0
+                 || ymo_http_response_finish(c) < 0;
+    (void)failed;   /* closed below either way */
+    resp->flags |= YMO_RESP_CLOSE;
+}
+
+int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, PyObject *path,
+                       PyObject *query, PyObject *headers, PyObject *remote_addr)
+{
+    ymo_ws_request_t req;
+    int r = ymo_ws_check_request(c, &req);
+    if (r == 1)
+        return 0;       /* not an upgrade: the HTTP handler answers */
+    if (r != 0) {
+        refuse(c, r);
+        return 1;
+    }
+    YmoWebSocketObject *ws = PyObject_GC_New(YmoWebSocketObject, srv->st->websocket_type);
+    if (ws == NULL) {
+        PyErr_Clear();
+        ymo_http_respond_error(c, 503, "out of memory");
+        return 1;
+    }
+    ws->conn = NULL;
+    ws->server = srv;
+    ws->handler = Py_NewRef(handler);
+    ws->path = Py_XNewRef(path);
+    ws->query = Py_XNewRef(query);
+    ws->headers = Py_XNewRef(headers);
+    ws->remote_addr = Py_XNewRef(remote_addr);
+    ws->subprotocol = NULL;
+    ws->subprotocols = offered(&req);
+    ws->close_code = 0;
+    PyObject_GC_Track(ws);
+    if (ws->subprotocols == NULL) {
+        PyErr_Clear();
+        goto reject500;
+    }
+
+    /* on_connect(ws) decides: None accepts, a str accepts with that
+     * subprotocol, an int refuses with that status, False refuses (403). */
+    PyObject *decision = NULL;
+    PyObject *arg = (PyObject *)ws;
+    if (call_optional(srv, ws, "on_connect", &arg, 1, &decision) < 0)
+        goto reject500;
+    int status = 0;
+    if (decision != NULL && decision != Py_None) {
+        if (PyUnicode_Check(decision)) {
+            ws->subprotocol = Py_NewRef(decision);
+        } else if (PyBool_Check(decision)) {
+            status = decision == Py_False ? 403 : 0;
+        } else if (PyLong_Check(decision)) {
+            long st = PyLong_AsLong(decision);
+            status = st >= 400 && st <= 599 ? (int)st : 403;
+        }
+    }
+    Py_XDECREF(decision);
+    if (status != 0) {
+        ymo__py_simple_response(c, status, "WebSocket connection refused\n");
+        ymo_http_response(c)->flags |= YMO_RESP_CLOSE;
+        Py_DECREF(ws);
+        return 1;
+    }
+
+    Py_ssize_t splen = 0;
+    const char *sp = ws->subprotocol ? PyUnicode_AsUTF8AndSize(ws->subprotocol, &splen) : NULL;
+    ymo_ws_config_t cfg = srv->ws_config;
+    /* The connection holds a reference until its close is reported. */
+    r = ymo_ws_accept(c, &req, sp, (size_t)splen, &cfg, ws);
+    if (r < 0) {
+        Py_DECREF(ws);
+        if (!(ymo_http_response(c)->flags & YMO_RESP_STARTED))
+            ymo_http_respond_error(c, 400, "WebSocket handshake failed");
+        return 1;
+    }
+    ws->conn = c;
+    call_optional(srv, ws, "on_open", &arg, 1, NULL);
+    return 1;
+reject500:
+    ymo__py_simple_response(c, 500, "Internal Server Error\n");
+    ymo_http_response(c)->flags |= YMO_RESP_CLOSE;
+    Py_DECREF(ws);
+    return 1;
+}
+
+/* --- yimmo.parsers.parse_ws_frames ------------------------------------------- */
+
+static PyObject *parse_ws_frames(PyObject *module, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"data", "max_message", "require_mask", "rsv_allowed", NULL};
+    Py_buffer buf;
+    unsigned long long max = 16ull << 20;
+    int require_mask = 1, rsv_allowed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|$Kpi:parse_ws_frames", kwlist, &buf, &max,
+                                     &require_mask, &rsv_allowed))
+        return NULL;
+    ymo_py_state *st = ymo__py_state(module);
+    /* The parser unmasks in place: work on a copy. */
+    PyObject *copy = PyBytes_FromStringAndSize(buf.buf, buf.len);
+    PyBuffer_Release(&buf);
+    if (copy == NULL)
+        return NULL;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(copy);
+    size_t len = (size_t)PyBytes_GET_SIZE(copy), pos = 0;
+    ymo_ws_parser_t parser;
+    ymo_ws_parser_init(&parser, max, require_mask);
+    parser.rsv_allowed = (uint8_t)(rsv_allowed & 0x70);
+    PyObject *frames = PyList_New(0);
+    PyObject *payload = NULL;
+    if (frames == NULL)
+        goto error;
+    for (;;) {
+        size_t consumed, off, n;
+        int ev = ymo_ws_parse(&parser, p + pos, len - pos, &consumed, &off, &n);
+        if (ev == YMO_WS_EV_PAYLOAD) {
+            Py_ssize_t old = PyBytes_GET_SIZE(payload);
+            if (_PyBytes_Resize(&payload, old + (Py_ssize_t)n) < 0)
+                goto error;
+            memcpy(PyBytes_AS_STRING(payload) + old, p + pos + off, n);
+        }
+        pos += consumed;
+        if (ev == YMO_WS_EV_NONE)
+            break;
+        if (ev == YMO_WS_EV_ERROR) {
+            PyObject *e = Py_BuildValue("(sisi)", parser.reason, parser.error, "websocket",
+                                        parser.error);
+            if (e != NULL) {
+                PyErr_SetObject(st->parse_error, e);
+                Py_DECREF(e);
+            }
+            goto error;
+        }
+        if (ev == YMO_WS_EV_HEADER) {
+            Py_XSETREF(payload, PyBytes_FromStringAndSize("", 0));
+            if (payload == NULL)
+                goto error;
+        } else if (ev == YMO_WS_EV_FRAME_END) {
+            PyObject *t = Py_BuildValue("(iiiO)", parser.frame.fin, parser.frame.rsv >> 4,
+                                        parser.frame.opcode, payload);
+            if (t == NULL || PyList_Append(frames, t) < 0) {
+                Py_XDECREF(t);
+                goto error;
+            }
+            Py_DECREF(t);
+            Py_CLEAR(payload);
+        }
+    }
+    Py_XDECREF(payload);
+    Py_DECREF(copy);
+    PyObject *r = Py_BuildValue("(Nn)", frames, (Py_ssize_t)pos);
+    return r;
+error:
+    Py_XDECREF(payload);
+    Py_XDECREF(frames);
+    Py_DECREF(copy);
+    return NULL;
+}
+
+static PyMethodDef ws_module_methods[] = {
+    {"parse_ws_frames", (PyCFunction)(void (*)(void))parse_ws_frames, METH_VARARGS | METH_KEYWORDS,
+     "parse_ws_frames(data, *, max_message=16 MiB, require_mask=True, rsv_allowed=0)\n"
+     "-> (frames, consumed): complete frames as (fin, rsv, opcode, payload) with payloads\n"
+     "unmasked; raises ParseError(reason, close_code, 'websocket', close_code)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int ymo__py_ws_init(PyObject *module, ymo_py_state *st)
+{
+    st->websocket_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &ws_spec, NULL);
+    if (st->websocket_type == NULL || PyModule_AddType(module, st->websocket_type) < 0)
+        return -1;
+    st->wsmessage_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &msg_spec, NULL);
+    if (st->wsmessage_type == NULL || PyModule_AddType(module, st->wsmessage_type) < 0)
+        return -1;
+    return PyModule_AddFunctions(module, ws_module_methods);
+}
+
+void ymo__py_ws_hooks(ymo_server_hooks_t *hooks)
+{
+    hooks->ws_message = hook_ws_message;
+    hooks->ws_close = hook_ws_close;
+}

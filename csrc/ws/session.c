@@ -1,0 +1,570 @@
+/*
+ * WebSocket on a connection: the handshake (RFC 6455 4.2), messages
+ * assembled from frames and handed to the embedder one at a time, control
+ * frames answered (ping with pong, close with close), and the closing
+ * handshake. The frame parser runs over the connection's input buffer.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+
+#include "core/core_internal.h"
+#include "yimmo/exchange.h"
+#include "yimmo/ws.h"
+
+enum {
+    WF_CLOSE_SENT = 1u << 0,
+    WF_CLOSE_RECEIVED = 1u << 1,
+    WF_NOTIFIED = 1u << 2,      /* the embedder got ws_close */
+    WF_CLOSE_PENDING = 1u << 3, /* ws_close is due */
+    WF_MSG_READY = 1u << 4,     /* a message waits for the embedder */
+    WF_SENDING = 1u << 5,       /* a fragmented message is being sent */
+    WF_FAILED = 1u << 6         /* we closed because the peer misbehaved */
+};
+
+typedef struct {
+    ymo_ws_parser_t parser;
+    ymo_ws_config_t cfg;
+    ymo_ws_deflate_t *deflate;
+    uint32_t flags;
+    size_t scan;                /* bytes of c->in already parsed */
+    ymo_buf_t msg;              /* the data message being assembled */
+    uint8_t ctrl[125];          /* the control frame being read */
+    size_t ctrl_len;
+    int ready_opcode;
+    int close_code;
+    char close_reason[124];
+    size_t close_reason_len;
+    void *user;
+} ws_t;
+
+#define WS(c) ((ws_t *)(c)->proto_data)
+
+static void ws_process(ymo_conn_t *c);
+
+/* --- Handshake ------------------------------------------------------------ */
+
+static const ymo_http_header_t *find(const ymo_http_parser_t *p, const char *base, const char *name,
+                                     int *count)
+{
+    const ymo_http_header_t *found = NULL;
+    size_t n = strlen(name);
+    *count = 0;
+    for (uint32_t i = 0; i < p->nheaders; i++) {
+        const ymo_http_header_t *h = &p->headers[i];
+        if (h->name.len == n && memcmp(base + h->name.off, name, n) == 0) {
+            if (found == NULL)
+                found = h;
+            (*count)++;
+        }
+    }
+    return found;
+}
+
+static int has_token(const char *v, size_t len, const char *token)
+{
+    size_t tl = strlen(token), i = 0;
+    while (i < len) {
+        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < len && v[i] != ',')
+            i++;
+        size_t end = i;
+        while (end > start && (v[end - 1] == ' ' || v[end - 1] == '\t'))
+            end--;
+        if (end - start == tl && strncasecmp(v + start, token, tl) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+int ymo_ws_check_request(ymo_conn_t *c, ymo_ws_request_t *req)
+{
+    const char *base;
+    const ymo_http_parser_t *p = ymo_http_request(c, &base);
+    int n;
+    const ymo_http_header_t *up = find(p, base, "upgrade", &n);
+    if (up == NULL || !has_token(base + up->value.off, up->value.len, "websocket"))
+        return 1;
+    memset(req, 0, sizeof(*req));
+    /* RFC 6455 4.2.1: GET, HTTP/1.1, Connection: Upgrade, a 16-byte key. */
+    if (p->method.len != 3 || memcmp(base + p->method.off, "GET", 3) != 0
+        || p->version_minor < 1 || !(p->flags & YMO_HTTP_F_UPGRADE))
+        return 400;
+    const ymo_http_header_t *ver = find(p, base, "sec-websocket-version", &n);
+    if (ver == NULL || n != 1 || ver->value.len != 2 || memcmp(base + ver->value.off, "13", 2) != 0)
+        return 426;
+    const ymo_http_header_t *key = find(p, base, "sec-websocket-key", &n);
+    if (key == NULL || n != 1 || key->value.len != 24 || base[key->value.off + 22] != '='
+        || base[key->value.off + 23] != '=')
+        return 400;
+    for (uint32_t i = 0; i < 22; i++) {
+        char ch = base[key->value.off + i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9')
+              || ch == '+' || ch == '/'))
+            return 400;
+    }
+    req->key = base + key->value.off;
+    req->key_len = key->value.len;
+    const ymo_http_header_t *proto = find(p, base, "sec-websocket-protocol", &n);
+    if (proto != NULL) {
+        req->protocols = base + proto->value.off;
+        req->protocols_len = proto->value.len;
+    }
+    const ymo_http_header_t *ext = find(p, base, "sec-websocket-extensions", &n);
+    if (ext != NULL) {
+        req->extensions = base + ext->value.off;
+        req->extensions_len = ext->value.len;
+    }
+    return 0;
+}
+
+int ymo_ws_accept_key(const char *key, size_t len, char out[29])
+{
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    unsigned char buf[64 + sizeof(guid)];
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    if (len > 64)
+        return YMO_E_STATE;
+    memcpy(buf, key, len);
+    memcpy(buf + len, guid, sizeof(guid) - 1);
+    SHA1(buf, len + sizeof(guid) - 1, digest);
+    EVP_EncodeBlock((unsigned char *)out, digest, SHA_DIGEST_LENGTH);
+    out[28] = '\0';
+    return 0;
+}
+
+extern const ymo_proto_t ymo__ws_proto;
+
+int ymo_ws_accept(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subprotocol,
+                  size_t sp_len, const ymo_ws_config_t *cfg, void *user)
+{
+    char accept[29];
+    char ext[160] = "";
+    ymo_ws_deflate_params_t params;
+    int deflate = 0;
+    if (ymo_ws_accept_key(req->key, req->key_len, accept) < 0)
+        return YMO_E_STATE;
+    if (cfg->deflate && req->extensions != NULL) {
+        deflate = ymo_ws_deflate_negotiate(req->extensions, req->extensions_len, &params, ext,
+                                           sizeof(ext));
+        if (deflate < 0) {
+            ymo_http_respond_error(c, 400, "malformed Sec-WebSocket-Extensions");
+            return deflate;
+        }
+    }
+    for (size_t i = 0; i < sp_len; i++)
+        if (subprotocol[i] == '\r' || subprotocol[i] == '\n' || subprotocol[i] == '\0')
+            return YMO_E_BAD_HEADER_VALUE;
+
+    ws_t *ws = calloc(1, sizeof(*ws));
+    if (ws == NULL)
+        return YMO_E_NOMEM;
+    ws->cfg = *cfg;
+    ws->user = user;
+    ymo_ws_parser_init(&ws->parser, cfg->max_message, 1);
+    if (deflate) {
+        ws->deflate = ymo_ws_deflate_new(&params);
+        if (ws->deflate == NULL) {
+            free(ws);
+            return YMO_E_NOMEM;
+        }
+        ws->parser.rsv_allowed = 0x40;
+    }
+
+    static const char head[] = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                               "Connection: Upgrade\r\nSec-WebSocket-Accept: ";
+    int r = ymo_outq_copy(&c->out, head, sizeof(head) - 1);
+    if (r == 0)
+        r = ymo_outq_copy(&c->out, accept, 28);
+    if (r == 0 && sp_len > 0) {
+        r = ymo_outq_copy(&c->out, "\r\nSec-WebSocket-Protocol: ", 26);
+        if (r == 0)
+            r = ymo_outq_copy(&c->out, subprotocol, sp_len);
+    }
+    if (r == 0 && deflate) {
+        r = ymo_outq_copy(&c->out, "\r\nSec-WebSocket-Extensions: ", 28);
+        if (r == 0)
+            r = ymo_outq_copy(&c->out, ext, strlen(ext));
+    }
+    if (r == 0)
+        r = ymo_outq_copy(&c->out, "\r\n\r\n", 4);
+    if (r < 0) {
+        ymo_ws_deflate_free(ws->deflate);
+        free(ws);
+        return r;
+    }
+    ymo_http_upgrade(c, &ymo__ws_proto, ws);
+    return 0;
+}
+
+void *ymo_ws_user(ymo_conn_t *c)
+{
+    return WS(c)->user;
+}
+
+/* --- Sending --------------------------------------------------------------- */
+
+static int send_frame(ymo_conn_t *c, int fin, int rsv, int opcode, const void *data, size_t len,
+                      void *ref)
+{
+    uint8_t hdr[14];
+    size_t hl = ymo_ws_frame_header(hdr, fin, rsv, opcode, len);
+    int r = ymo_outq_copy(&c->out, hdr, hl);
+    if (r < 0) {
+        if (ref != NULL)
+            c->server->hooks.release(c->server, ref);
+        return r;
+    }
+    if (len == 0) {
+        if (ref != NULL)
+            c->server->hooks.release(c->server, ref);
+        return 0;
+    }
+    if (ref == NULL || len <= 8192) {
+        r = ymo_outq_copy(&c->out, data, len);
+        if (ref != NULL)
+            c->server->hooks.release(c->server, ref);
+        return r;
+    }
+    return ymo_outq_ref(&c->out, data, len, ref);
+}
+
+int ymo_ws_send(ymo_conn_t *c, int opcode, const void *data, size_t len, int fin, void *ref)
+{
+    ws_t *ws = WS(c);
+    int r = 0;
+    if ((ws->flags & WF_CLOSE_SENT) || (c->flags & YMO_CONN_CLOSED)) {
+        r = YMO_E_CLOSED;
+        goto drop;
+    }
+    if ((opcode == YMO_WS_CONT) != ((ws->flags & WF_SENDING) != 0)) {
+        r = YMO_E_STATE;
+        goto drop;
+    }
+    if (ws->cfg.send_limit && c->out.bytes + len > ws->cfg.send_limit) {
+        r = YMO_E_NOMEM;
+        goto drop;
+    }
+    if (fin)
+        ws->flags &= ~WF_SENDING;
+    else
+        ws->flags |= WF_SENDING;
+    if (ws->deflate != NULL && fin && opcode != YMO_WS_CONT) {
+        /* Whole messages are compressed; fragments go as they are. */
+        uint8_t *z;
+        size_t zlen;
+        if (ymo_ws_deflate(ws->deflate, data, len, &z, &zlen) == 0) {
+            r = send_frame(c, 1, 0x40, opcode, z, zlen, NULL);
+            free(z);
+            if (ref != NULL)
+                c->server->hooks.release(c->server, ref);
+            return r;
+        }
+    }
+    return send_frame(c, fin, 0, opcode, data, len, ref);
+drop:
+    if (ref != NULL)
+        c->server->hooks.release(c->server, ref);
+    return r;
+}
+
+static void queue_close(ymo_conn_t *c, ws_t *ws, int code, const char *reason, size_t len)
+{
+    if (ws->flags & WF_CLOSE_SENT)
+        return;
+    ws->flags |= WF_CLOSE_SENT;
+    uint8_t payload[125];
+    size_t n = 0;
+    if (code != YMO_WS_NO_STATUS && code != 0) {
+        payload[0] = (uint8_t)(code >> 8);
+        payload[1] = (uint8_t)code;
+        if (len > 123)
+            len = 123;
+        memcpy(payload + 2, reason, len);
+        n = 2 + len;
+    }
+    send_frame(c, 1, 0, YMO_WS_CLOSE, payload, n, NULL);
+}
+
+/* Tell the embedder, once, that the connection is closing. */
+static void notify_close(ymo_conn_t *c, ws_t *ws, int code, const char *reason, size_t len)
+{
+    if (ws->flags & (WF_NOTIFIED | WF_CLOSE_PENDING))
+        return;
+    ws->close_code = code;
+    if (len > sizeof(ws->close_reason))
+        len = sizeof(ws->close_reason);
+    memcpy(ws->close_reason, reason, len);
+    ws->close_reason_len = len;
+    ws->flags |= WF_CLOSE_PENDING;
+    ymo_conn_make_ready(c);
+}
+
+/* The peer broke a rule: close with code (RFC 6455 7.1.7). */
+static void fail(ymo_conn_t *c, ws_t *ws, int code, const char *reason)
+{
+    ymo__log(c->server, YMO_LOG_INFO, "websocket closed with %d: %s", code, reason);
+    ws->flags |= WF_FAILED;
+    queue_close(c, ws, code, reason, strlen(reason));
+    notify_close(c, ws, code, reason, strlen(reason));
+    ymo_conn_close_after_flush(c);
+}
+
+int ymo_ws_close(ymo_conn_t *c, int code, const char *reason, size_t len)
+{
+    ws_t *ws = WS(c);
+    if (c->flags & YMO_CONN_CLOSED)
+        return YMO_E_CLOSED;
+    queue_close(c, ws, code, reason, len);
+    if (ws->flags & WF_CLOSE_RECEIVED) {
+        ymo_conn_close_after_flush(c);
+    } else {
+        /* Wait (a while) for the peer's close frame. */
+        ymo_conn_timer(c, 5.0);
+    }
+    return 0;
+}
+
+/* --- Receiving ------------------------------------------------------------- */
+
+static int msg_append(ws_t *ws, const uint8_t *p, size_t n)
+{
+    if (ws->msg.cap - ws->msg.len < n) {
+        size_t ncap = ws->msg.cap ? ws->msg.cap : 256;
+        while (ncap - ws->msg.len < n)
+            ncap *= 2;
+        char *nd = realloc(ws->msg.data, ncap);
+        if (nd == NULL)
+            return YMO_E_NOMEM;
+        ws->msg.data = nd;
+        ws->msg.cap = ncap;
+    }
+    memcpy(ws->msg.data + ws->msg.len, p, n);
+    ws->msg.len += n;
+    return 0;
+}
+
+/* A control frame arrived whole. */
+static void control(ymo_conn_t *c, ws_t *ws, int opcode)
+{
+    if (opcode == YMO_WS_PING) {
+        /* RFC 6455 5.5.2: answer with the same payload, unless closing. */
+        if (!(ws->flags & WF_CLOSE_SENT))
+            send_frame(c, 1, 0, YMO_WS_PONG, ws->ctrl, ws->ctrl_len, NULL);
+        return;
+    }
+    if (opcode != YMO_WS_CLOSE)
+        return;     /* an unsolicited pong is allowed and ignored */
+    int code;
+    int bad = ymo_ws_check_close(ws->ctrl, ws->ctrl_len, &code);
+    if (bad) {
+        fail(c, ws, bad, bad == YMO_WS_INVALID_DATA ? "invalid UTF-8 in the close reason"
+                                                    : "invalid close frame");
+        return;
+    }
+    ws->flags |= WF_CLOSE_RECEIVED;
+    const char *reason = (const char *)ws->ctrl + 2;
+    size_t rlen = ws->ctrl_len >= 2 ? ws->ctrl_len - 2 : 0;
+    /* RFC 6455 5.5.1: echo the code, then close the TCP connection. */
+    queue_close(c, ws, code == YMO_WS_NO_STATUS ? YMO_WS_NO_STATUS : code, "", 0);
+    notify_close(c, ws, code, reason, rlen);
+    ymo_conn_close_after_flush(c);
+}
+
+/* A data message arrived whole: inflate and check it, then hand it on. */
+static int message(ymo_conn_t *c, ws_t *ws)
+{
+    ymo_ws_parser_t *p = &ws->parser;
+    uint8_t *data = (uint8_t *)ws->msg.data;
+    size_t len = ws->msg.len;
+    ws->msg.data = NULL;
+    ws->msg.len = ws->msg.cap = 0;
+    if (p->msg_compressed) {
+        uint8_t *out;
+        size_t outlen;
+        int r = ymo_ws_inflate(ws->deflate, data, len, ws->cfg.max_message, &out, &outlen);
+        free(data);
+        if (r != 0) {
+            fail(c, ws, r, r == YMO_WS_TOO_BIG ? "message too big" : "invalid compressed data");
+            return -1;
+        }
+        data = out;
+        len = outlen;
+        if (p->msg_opcode == YMO_WS_TEXT
+            && ymo_utf8_validate(YMO_UTF8_ACCEPT, data, len) != YMO_UTF8_ACCEPT) {
+            free(data);
+            fail(c, ws, YMO_WS_INVALID_DATA, "invalid UTF-8 in a text message");
+            return -1;
+        }
+    }
+    if (data == NULL) {
+        data = malloc(1);
+        if (data == NULL) {
+            fail(c, ws, YMO_WS_INTERNAL, "out of memory");
+            return -1;
+        }
+    }
+    ws->msg.data = (char *)data;
+    ws->msg.len = len;
+    ws->ready_opcode = p->msg_opcode;
+    ws->flags |= WF_MSG_READY;
+    ymo_conn_make_ready(c);
+    return 0;
+}
+
+static void ws_process(ymo_conn_t *c)
+{
+    ws_t *ws = WS(c);
+    ymo_ws_parser_t *p = &ws->parser;
+    while (!(ws->flags & (WF_MSG_READY | WF_FAILED)) && !(c->flags & YMO_CONN_CLOSED)) {
+        size_t consumed, off, n;
+        uint8_t *buf = (uint8_t *)c->in.data + ws->scan;
+        int ev = ymo_ws_parse(p, buf, c->in.len - ws->scan, &consumed, &off, &n);
+        ws->scan += consumed;
+        if (ev == YMO_WS_EV_NONE)
+            break;
+        if (ev == YMO_WS_EV_ERROR) {
+            fail(c, ws, p->error, p->reason);
+            break;
+        }
+        if (ev == YMO_WS_EV_HEADER) {
+            ws->ctrl_len = 0;
+            continue;
+        }
+        int ctrl = p->frame.opcode & 0x8;
+        if (ev == YMO_WS_EV_PAYLOAD) {
+            if (ctrl) {
+                memcpy(ws->ctrl + ws->ctrl_len, buf + off, n);
+                ws->ctrl_len += n;
+            } else if (msg_append(ws, buf + off, n) < 0) {
+                fail(c, ws, YMO_WS_INTERNAL, "out of memory");
+                break;
+            }
+            continue;
+        }
+        /* YMO_WS_EV_FRAME_END */
+        if (ctrl) {
+            if (ws->flags & WF_CLOSE_RECEIVED)
+                break;
+            control(c, ws, p->frame.opcode);
+        } else if (p->frame.fin && !(ws->flags & WF_CLOSE_RECEIVED)) {
+            if (message(c, ws) < 0)
+                break;
+        }
+    }
+    /* Drop what was parsed; keep the rest at the front. */
+    if (ws->scan > 0 && !(c->flags & YMO_CONN_CLOSED)) {
+        size_t left = c->in.len - ws->scan;
+        memmove(c->in.data, c->in.data + ws->scan, left);
+        c->in.len = left;
+        ws->scan = 0;
+    }
+    if (c->flags & YMO_CONN_CLOSED)
+        return;
+    if (ws->flags & WF_MSG_READY)
+        ymo_conn_read_stop(c);      /* one message at a time */
+    else if (!(ws->flags & WF_CLOSE_RECEIVED) && !(c->flags & YMO_CONN_CLOSE_AFTER_FLUSH)) {
+        if (c->in.len == 0)
+            ymo_conn_release_input(c);
+        ymo_conn_read_start(c);
+        if (!(ws->flags & WF_CLOSE_SENT))
+            ymo_conn_timer(c, ws->cfg.idle_timeout);
+    }
+}
+
+/* --- Protocol callbacks ------------------------------------------------------ */
+
+static void on_data(ymo_conn_t *c)
+{
+    ws_process(c);
+}
+
+static void on_ready(ymo_conn_t *c)
+{
+    ws_t *ws = WS(c);
+    ymo_server_t *s = c->server;
+    if (ws->flags & WF_MSG_READY) {
+        uint8_t *data = (uint8_t *)ws->msg.data;
+        size_t len = ws->msg.len;
+        ws->msg.data = NULL;
+        ws->msg.len = ws->msg.cap = 0;
+        ws->flags &= ~WF_MSG_READY;
+        if (!(c->flags & YMO_CONN_CLOSED) && !(ws->flags & WF_NOTIFIED))
+            s->hooks.ws_message(s, c, ws->ready_opcode, data, len);
+        else
+            free(data);
+        if (!(c->flags & YMO_CONN_CLOSED))
+            ws_process(c);
+    }
+    if ((ws->flags & WF_CLOSE_PENDING) && !(ws->flags & WF_NOTIFIED)) {
+        ws->flags &= ~WF_CLOSE_PENDING;
+        ws->flags |= WF_NOTIFIED;
+        s->hooks.ws_close(s, c, ws->close_code, ws->close_reason, ws->close_reason_len);
+    }
+}
+
+static void on_drained(ymo_conn_t *c)
+{
+}
+
+static void on_timeout(ymo_conn_t *c)
+{
+    ws_t *ws = WS(c);
+    if (ws->flags & WF_CLOSE_SENT) {
+        /* The peer never answered our close. */
+        notify_close(c, ws, YMO_WS_ABNORMAL, "", 0);
+        ymo_conn_close(c);
+        return;
+    }
+    queue_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
+    notify_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
+    ymo_conn_close_after_flush(c);
+}
+
+static void on_eof(ymo_conn_t *c, int err)
+{
+    ws_t *ws = WS(c);
+    notify_close(c, ws, YMO_WS_ABNORMAL, "", 0);
+    ymo_conn_close_after_flush(c);
+}
+
+static void on_close(ymo_conn_t *c)
+{
+    ws_t *ws = WS(c);
+    if (!(ws->flags & WF_NOTIFIED)) {
+        /* The embedder hears of it before the connection is freed. */
+        notify_close(c, ws, YMO_WS_ABNORMAL, "", 0);
+    }
+}
+
+static int busy(ymo_conn_t *c)
+{
+    ws_t *ws = WS(c);
+    return !(ws->flags & WF_NOTIFIED);
+}
+
+static void on_free(ymo_conn_t *c)
+{
+    ws_t *ws = WS(c);
+    if (ws == NULL)
+        return;
+    free(ws->msg.data);
+    ymo_ws_deflate_free(ws->deflate);
+    free(ws);
+    c->proto_data = NULL;
+}
+
+const ymo_proto_t ymo__ws_proto = {
+    .on_data = on_data,
+    .on_drained = on_drained,
+    .on_timeout = on_timeout,
+    .on_eof = on_eof,
+    .on_free = on_free,
+    .on_close = on_close,
+    .busy = busy,
+    .on_ready = on_ready,
+};
