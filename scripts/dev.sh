@@ -144,6 +144,14 @@ run_tests() {
         PY="$PY" "$ROOT/scripts/memcheck.sh" asan || return $?
         log "valgrind memcheck"
         PY="$PY" "$ROOT/scripts/memcheck.sh" valgrind || return $?
+        # Each parser's fuzz harness for a bounded time on the instrumented
+        # (clang, libFuzzer + ASan + UBSan) build, then C line and branch
+        # coverage of csrc/ against its floor (docs/building.md, fuzz/README.md).
+        log "fuzzing (instrumented build)"
+        apt_ensure clang libclang-rt-14-dev
+        PY="$PY" "$ROOT/scripts/fuzz.sh" ci || return $?
+        log "C coverage"
+        PY="$PY" "$ROOT/scripts/coverage.sh" || return $?
     fi
     return 0
 }
