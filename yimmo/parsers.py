@@ -33,10 +33,46 @@ errors are sticky: once ``feed`` raised, every later ``feed`` raises the same
 error. If requests complete before an error within one ``feed``, they are
 returned and the next ``feed`` raises. ``pending`` is the number of bytes
 buffered that are not part of a returned request.
+
+WebSocket frames (RFC 6455 section 5)
+-------------------------------------
+
+``parse_ws_frames(data, *, max_message=16 MiB, require_mask=True,
+rsv_allowed=0)`` runs the server's frame parser over ``data`` once and
+returns ``(frames, consumed)``:
+
+- ``frames``: ``list[tuple[int, int, int, bytes]]``, one
+  ``(fin, rsv, opcode, payload)`` per *complete* frame, in order, payloads
+  unmasked. ``fin`` is 0 or 1; ``rsv`` the three RSV bits as a number
+  (4 = RSV1, 2 = RSV2, 1 = RSV3); ``opcode`` 0x0 continuation, 0x1 text,
+  0x2 binary, 0x8 close, 0x9 ping, 0xA pong. A frame cut off at the end of
+  ``data`` is not returned.
+- ``consumed``: ``int``, the bytes read (a partial header counts).
+
+``max_message`` caps a data message's payload summed over its fragments
+(control frames do not count). ``require_mask`` is True for a server
+reading client frames. ``rsv_allowed`` is the RSV bits an extension
+negotiated, as they sit in the first header byte (0x40: RSV1, what
+permessage-deflate uses); RSV1 then still only goes on the first frame of a
+data message. ``data`` is any bytes-like object; it is not modified (the
+payload is unmasked on a copy).
+
+Bytes that break a rule raise :class:`ParseError` with ``args``
+``(reason, close_code, "websocket", close_code)``: ``.status`` and
+``.code`` are the close code the server sends: 1002 (unmasked client frame,
+RSV bits not negotiated, reserved opcode, a control frame over 125 bytes or
+fragmented, a non-minimal 16/64-bit length, a 64-bit length with its top bit
+set, a continuation with no message open, a new message inside a fragmented
+one), 1007 (invalid UTF-8 in an uncompressed text message, raised at the
+first byte that cannot be valid, also when the sequence spans fragments, or
+a message ending inside a character) or 1009 (over ``max_message``, raised
+as soon as a frame header announces it). Frames before the bad one are
+lost with the exception; parse ``data[:n]`` to get them. Close frame
+payloads (code and reason) are not checked here; the session does that.
 """
 from typing import List, NamedTuple, Tuple, Union
 
-from ._yimmo import ParseError, RequestParser, parse_http_request
+from ._yimmo import ParseError, RequestParser, parse_http_request, parse_ws_frames
 
 __all__ = [
     "ParseError",
@@ -44,6 +80,7 @@ __all__ = [
     "RequestParser",
     "parse_http_request",
     "parse_request",
+    "parse_ws_frames",
 ]
 
 BytesLike = Union[bytes, bytearray, memoryview]

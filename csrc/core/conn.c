@@ -568,8 +568,11 @@ void ymo__conn_reap(ymo_server_t *s)
     while (s->closing != NULL) {
         ymo_conn_t *c = s->closing;
         s->closing = c->next_closing;
-        if (!s->freeing && c->proto != NULL && c->proto->busy != NULL && c->proto->busy(c)) {
-            /* Its exchange is cleaned up by the next dispatch. */
+        if (!s->freeing
+            && ((c->flags & YMO_CONN_READY)
+                || (c->proto != NULL && c->proto->busy != NULL && c->proto->busy(c)))) {
+            /* Still on the ready list, or its exchange is cleaned up by
+             * the next dispatch: freed after that. */
             c->next_closing = held;
             held = c;
             continue;

@@ -120,7 +120,8 @@ void ymo__server_headers_put(ymo_server_t *s, ymo_http_header_t *h)
 void ymo_conn_make_ready(ymo_conn_t *c)
 {
     ymo_server_t *s = c->server;
-    if (c->flags & YMO_CONN_READY)
+    /* A worker thread that owns the connection polls its own flags. */
+    if (c->flags & (YMO_CONN_READY | YMO_CONN_CHECKED_OUT))
         return;
     c->flags |= YMO_CONN_READY;
     c->next_ready = NULL;
@@ -138,6 +139,8 @@ void ymo_server_run_ready(ymo_server_t *s)
         list = c->next_ready;
         c->next_ready = NULL;
         c->flags &= ~YMO_CONN_READY;
+        if (s->freeing)
+            continue;
         c->proto->on_ready(c);
     }
 }

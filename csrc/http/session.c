@@ -289,8 +289,8 @@ static void switch_protocol(ymo_conn_t *c, session_t *ss)
     c->proto_data = data;
     ymo_conn_timer(c, 0);
     ymo_conn_read_start(c);
-    if (c->in.len > 0)
-        proto->on_data(c);
+    /* Also with nothing buffered: the new protocol arms its own timers. */
+    proto->on_data(c);
 }
 
 /* The handler is done with the exchange: step past the request. Returns 1
@@ -670,6 +670,14 @@ void *ymo_http_exchange(ymo_conn_t *c)
 void ymo_http_suspend(ymo_conn_t *c)
 {
     SESSION(c)->flags |= SF_SUSPENDED;
+}
+
+void ymo_http_release_input(ymo_conn_t *c)
+{
+    session_t *ss = SESSION(c);
+    ss->rstart += ss->scan;
+    compact(c, ss);
+    ss->scan = ss->body_end = ss->body_rpos = 0;
 }
 
 void ymo_http_upgrade(ymo_conn_t *c, const ymo_proto_t *proto, void *data)

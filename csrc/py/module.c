@@ -173,7 +173,8 @@ static int module_exec(PyObject *m)
         return -1;
     if (ymo__py_headers_init(m, st) < 0 || ymo__py_parsers_init(m, st) < 0
         || ymo__py_exchange_init(m, st) < 0 || ymo__py_server_init(m, st) < 0
-        || ymo__py_wsgi_init(m, st) < 0 || ymo__py_ws_init(m, st) < 0)
+        || ymo__py_wsgi_init(m, st) < 0 || ymo__py_ws_init(m, st) < 0
+        || ymo__py_wsgi_ws_init(m, st) < 0)
         return -1;
     return 0;
 }
@@ -190,6 +191,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->wsgi_server_type);
     Py_VISIT(st->websocket_type);
     Py_VISIT(st->wsmessage_type);
+    Py_VISIT(st->wsgi_websocket_type);
     return ymo__py_wsgi_traverse(st, visit, arg);
 }
 
@@ -205,6 +207,7 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->wsgi_server_type);
     Py_CLEAR(st->websocket_type);
     Py_CLEAR(st->wsmessage_type);
+    Py_CLEAR(st->wsgi_websocket_type);
     ymo__py_wsgi_clear(st);
     for (int i = 0; i < 9; i++)
         Py_CLEAR(st->str_methods[i]);

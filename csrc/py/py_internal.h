@@ -55,6 +55,7 @@ typedef struct {
     PyTypeObject *wsgi_server_type;
     PyTypeObject *websocket_type;
     PyTypeObject *wsmessage_type;
+    PyTypeObject *wsgi_websocket_type;
     PyTypeObject *wsgi_request_type;
     PyTypeObject *input_type;
     PyObject *wsgi_keys[WK__COUNT];
@@ -89,6 +90,7 @@ int ymo__py_server_init(PyObject *module, ymo_py_state *st);
 int ymo__py_exchange_init(PyObject *module, ymo_py_state *st);
 int ymo__py_wsgi_init(PyObject *module, ymo_py_state *st);
 int ymo__py_ws_init(PyObject *module, ymo_py_state *st);
+int ymo__py_wsgi_ws_init(PyObject *module, ymo_py_state *st);
 /* The engine's WebSocket hooks. */
 void ymo__py_ws_hooks(ymo_server_hooks_t *hooks);
 void ymo__py_wsgi_clear(ymo_py_state *st);
@@ -179,6 +181,11 @@ void ymo__py_simple_response(ymo_conn_t *c, int status, const char *text);
  * refused), 0 when it is no upgrade and the HTTP handler should answer. */
 int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, PyObject *path,
                        PyObject *query, PyObject *headers, PyObject *remote_addr);
+
+/* environ["yimmo.websocket"] for an upgrade request; detach when the
+ * request ends. */
+PyObject *ymo__py_wsgi_ws_new(YmoServerObject *srv, ymo_conn_t *c);
+void ymo__py_wsgi_ws_detach(PyObject *obj);
 
 /* Go on with a WSGI response suspended at the high-water mark. GIL held. */
 void ymo__py_wsgi_resume(YmoServerObject *self, ymo_conn_t *c);

@@ -15,6 +15,7 @@ typedef struct {
     PyObject *handler;          /* the path's handler object */
     PyObject *path, *query, *headers, *remote_addr, *subprotocol, *subprotocols;
     int close_code;
+    int closing;                /* close() was called or the close was reported */
 } YmoWebSocketObject;
 
 typedef struct {
@@ -129,7 +130,7 @@ static PyType_Spec msg_spec = {
 
 static int ws_live(YmoWebSocketObject *ws)
 {
-    if (ws->conn == NULL || (ws->conn->flags & YMO_CONN_CLOSED)) {
+    if (ws->conn == NULL || ws->closing || (ws->conn->flags & YMO_CONN_CLOSED)) {
         PyErr_SetString(PyExc_ConnectionError, "the WebSocket is closed");
         return -1;
     }
@@ -232,8 +233,9 @@ static PyObject *ws_close(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "the close reason is at most 123 bytes in UTF-8");
         return NULL;
     }
-    if (ws->conn != NULL && !(ws->conn->flags & YMO_CONN_CLOSED))
+    if (ws->conn != NULL && !ws->closing && !(ws->conn->flags & YMO_CONN_CLOSED))
         ymo_ws_close(ws->conn, code, reason, (size_t)rlen);
+    ws->closing = 1;
     Py_RETURN_NONE;
 }
 
@@ -251,7 +253,7 @@ WS_ATTR(subprotocols)
 
 static PyObject *ws_get_closed(YmoWebSocketObject *ws, void *c)
 {
-    return PyBool_FromLong(ws->conn == NULL || (ws->conn->flags & YMO_CONN_CLOSED));
+    return PyBool_FromLong(ws->conn == NULL || ws->closing || (ws->conn->flags & YMO_CONN_CLOSED));
 }
 
 static int ws_traverse(YmoWebSocketObject *ws, visitproc visit, void *arg)
@@ -369,6 +371,7 @@ static void hook_ws_close(ymo_server_t *s, ymo_conn_t *c, int code, const char *
 {
     YmoServerObject *srv = (YmoServerObject *)s->data;
     YmoWebSocketObject *ws = ymo_ws_user(c);
+    ws->closing = 1;
     PyObject *pcode = PyLong_FromLong(code);
     PyObject *preason = PyUnicode_DecodeUTF8(reason, (Py_ssize_t)len, "replace");
     if (pcode != NULL && preason != NULL) {
@@ -454,6 +457,7 @@ int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, P
     ws->subprotocol = NULL;
     ws->subprotocols = offered(&req);
     ws->close_code = 0;
+    ws->closing = 0;
     PyObject_GC_Track(ws);
     if (ws->subprotocols == NULL) {
         PyErr_Clear();
@@ -602,4 +606,225 @@ void ymo__py_ws_hooks(ymo_server_hooks_t *hooks)
 {
     hooks->ws_message = hook_ws_message;
     hooks->ws_close = hook_ws_close;
+}
+
+/* --- yimmo.WSGIWebSocket: the blocking API for WSGI applications ------------ */
+
+/* environ["yimmo.websocket"] on an upgrade request. The application calls
+ * accept() on a worker thread (the connection is then its own), and
+ * receive()/send()/close() block that thread only. */
+typedef struct {
+    PyObject_HEAD
+    ymo_conn_t *conn;           /* NULL once the request is over */
+    YmoServerObject *server;    /* borrowed: valid while conn is set */
+    ymo_ws_t *ws;               /* after accept() */
+    int closed;
+    PyObject *subprotocols;
+} YmoWSGIWebSocketObject;
+
+static int sync_live(YmoWSGIWebSocketObject *w, int need_ws)
+{
+    if (w->conn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the request that carried this WebSocket is over");
+        return -1;
+    }
+    if (need_ws && w->ws == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "accept() the WebSocket first");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *sync_accept(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"subprotocol", NULL};
+    const char *sp = NULL;
+    Py_ssize_t splen = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|z#:accept", kwlist, &sp, &splen))
+        return NULL;
+    if (sync_live(w, 0) < 0)
+        return NULL;
+    if (w->ws != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "accept() was called already");
+        return NULL;
+    }
+    if (!(w->conn->flags & YMO_CONN_CHECKED_OUT)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "WebSockets from a WSGI application need worker threads "
+                        "(WSGIServer(threads=N), yimmo-wsgi --threads N): on the loop thread a "
+                        "blocking receive() would stop every other client");
+        return NULL;
+    }
+    ymo_ws_request_t req;
+    int r = ymo_ws_check_request(w->conn, &req);
+    if (r != 0) {
+        PyErr_Format(PyExc_ValueError, "not a valid WebSocket handshake (HTTP %d)",
+                     r == 1 ? 400 : r);
+        return NULL;
+    }
+    ymo_ws_config_t cfg = w->server->ws_config;
+    Py_BEGIN_ALLOW_THREADS
+    ymo__py_gil_held = 0;
+    r = ymo_ws_sync_accept(w->conn, &req, sp, (size_t)splen, &cfg, &w->ws);
+    ymo__py_gil_held = 1;
+    Py_END_ALLOW_THREADS
+    if (r < 0) {
+        PyErr_Format(PyExc_ConnectionError, "the WebSocket handshake failed: %s", ymo_strerror(r));
+        return NULL;
+    }
+    return Py_NewRef(w);
+}
+
+static PyObject *sync_receive(YmoWSGIWebSocketObject *w, PyObject *unused)
+{
+    if (sync_live(w, 1) < 0)
+        return NULL;
+    if (w->closed)
+        Py_RETURN_NONE;
+    int opcode = 0, r;
+    uint8_t *data = NULL;
+    size_t len = 0;
+    YMO_BLOCKING(w->server, r = ymo_ws_sync_recv(w->conn, w->ws, &opcode, &data, &len));
+    if (r == 1) {
+        w->closed = 1;
+        Py_RETURN_NONE;
+    }
+    if (r < 0) {
+        w->closed = 1;
+        PyErr_Format(PyExc_ConnectionError, "receive failed: %s", ymo_strerror(r));
+        return NULL;
+    }
+    return msg_new(w->server->st, opcode, data, len);
+}
+
+static PyObject *sync_send(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"data", "fin", NULL};
+    PyObject *data;
+    int fin = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$p:send", kwlist, &data, &fin))
+        return NULL;
+    if (sync_live(w, 1) < 0)
+        return NULL;
+    int opcode = PyUnicode_Check(data) ? YMO_WS_TEXT : YMO_WS_BINARY;
+    PyObject *b = PyUnicode_Check(data) ? PyUnicode_AsUTF8String(data) : PyBytes_FromObject(data);
+    if (b == NULL)
+        return NULL;
+    int r;
+    YMO_BLOCKING(w->server, r = ymo_ws_sync_send(w->conn, w->ws, opcode, PyBytes_AS_STRING(b),
+                                                 (size_t)PyBytes_GET_SIZE(b), fin));
+    Py_DECREF(b);
+    if (r < 0) {
+        PyErr_Format(PyExc_ConnectionError, "send failed: %s", ymo_strerror(r));
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *sync_close(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"code", "reason", NULL};
+    int code = YMO_WS_NORMAL;
+    const char *reason = "";
+    Py_ssize_t rlen = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|is#:close", kwlist, &code, &reason, &rlen))
+        return NULL;
+    if (sync_live(w, 1) < 0)
+        return NULL;
+    if (!w->closed) {
+        int r;
+        YMO_BLOCKING(w->server, r = ymo_ws_sync_close(w->conn, w->ws, code, reason, (size_t)rlen));
+        (void)r;
+        w->closed = 1;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *sync_close_code(YmoWSGIWebSocketObject *w, void *c)
+{
+    if (w->ws == NULL || !w->closed)
+        Py_RETURN_NONE;
+    const char *reason;
+    size_t len;
+    return PyLong_FromLong(ymo_ws_sync_code(w->ws, &reason, &len));
+}
+
+static PyObject *sync_subprotocols(YmoWSGIWebSocketObject *w, void *c)
+{
+    return Py_NewRef(w->subprotocols ? w->subprotocols : Py_None);
+}
+
+static void sync_dealloc(YmoWSGIWebSocketObject *w)
+{
+    PyTypeObject *tp = Py_TYPE(w);
+    ymo_ws_sync_free(w->ws);
+    Py_XDECREF(w->subprotocols);
+    tp->tp_free(w);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef sync_methods[] = {
+    {"accept", (PyCFunction)(void (*)(void))sync_accept, METH_VARARGS | METH_KEYWORDS,
+     "accept(subprotocol=None): answer the handshake (101); returns self."},
+    {"receive", (PyCFunction)sync_receive, METH_NOARGS,
+     "receive(): the next yimmo.WSMessage, or None once the connection closed."},
+    {"send", (PyCFunction)(void (*)(void))sync_send, METH_VARARGS | METH_KEYWORDS,
+     "send(data, *, fin=True): send str (text) or bytes (binary)."},
+    {"close", (PyCFunction)(void (*)(void))sync_close, METH_VARARGS | METH_KEYWORDS,
+     "close(code=1000, reason=''): the closing handshake."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef sync_getset[] = {
+    {"close_code", (getter)sync_close_code, NULL, "The close code once closed, else None.", NULL},
+    {"subprotocols", (getter)sync_subprotocols, NULL, "The subprotocols the client offered.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot sync_slots[] = {
+    {Py_tp_doc, "environ['yimmo.websocket']: a WebSocket a WSGI application drives with blocking calls."},
+    {Py_tp_dealloc, sync_dealloc},
+    {Py_tp_methods, sync_methods},
+    {Py_tp_getset, sync_getset},
+    {0, NULL},
+};
+
+static PyType_Spec sync_spec = {
+    .name = "yimmo.WSGIWebSocket",
+    .basicsize = sizeof(YmoWSGIWebSocketObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = sync_slots,
+};
+
+PyObject *ymo__py_wsgi_ws_new(YmoServerObject *srv, ymo_conn_t *c)
+{
+    YmoWSGIWebSocketObject *w = PyObject_New(YmoWSGIWebSocketObject, srv->st->wsgi_websocket_type);
+    if (w == NULL)
+        return NULL;
+    w->conn = c;
+    w->server = srv;
+    w->ws = NULL;
+    w->closed = 0;
+    ymo_ws_request_t req;
+    w->subprotocols = ymo_ws_check_request(c, &req) == 0 ? offered(&req) : PyList_New(0);
+    if (w->subprotocols == NULL) {
+        Py_DECREF(w);
+        return NULL;
+    }
+    return (PyObject *)w;
+}
+
+void ymo__py_wsgi_ws_detach(PyObject *obj)
+{
+    YmoWSGIWebSocketObject *w = (YmoWSGIWebSocketObject *)obj;
+    w->conn = NULL;
+    w->closed = 1;
+}
+
+int ymo__py_wsgi_ws_init(PyObject *module, ymo_py_state *st)
+{
+    st->wsgi_websocket_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &sync_spec, NULL);
+    if (st->wsgi_websocket_type == NULL)
+        return -1;
+    return PyModule_AddType(module, st->wsgi_websocket_type);
 }

@@ -48,6 +48,7 @@ typedef struct {
     PyObject *input;
     PyObject *result;           /* the application's iterable */
     PyObject *iter;             /* iter(result), being consumed */
+    PyObject *websocket;        /* environ["yimmo.websocket"], or NULL */
     double started;
 } YmoWSGIRequestObject;
 
@@ -365,6 +366,7 @@ static void req_dealloc(YmoWSGIRequestObject *rq)
     Py_XDECREF(rq->input);
     Py_XDECREF(rq->result);
     Py_XDECREF(rq->iter);
+    Py_XDECREF(rq->websocket);
     tp->tp_free(rq);
     Py_DECREF(tp);
 }
@@ -993,6 +995,8 @@ static int pump(YmoWSGIRequestObject *rq)
 
 static int send_result(YmoWSGIRequestObject *rq, PyObject *result)
 {
+    if (ymo_http_response(rq->conn)->status == 101)
+        return 0;   /* the application took the connection as a WebSocket */
     if (Py_IS_TYPE(result, (PyTypeObject *)rq->server->file_wrapper)) {
         int r = send_file(rq, result);
         if (r != 0)
@@ -1076,6 +1080,8 @@ static void finish(YmoWSGIRequestObject *rq, int failed)
     }
     if (srv->access_log != NULL)
         log_access(srv, rq->env, rq, c, rq->started);
+    if (rq->websocket != NULL)
+        ymo__py_wsgi_ws_detach(rq->websocket);
     rq->conn = NULL;
     Py_CLEAR(rq->env);
     Py_CLEAR(rq->input);
@@ -1100,7 +1106,7 @@ void ymo__py_wsgi_run(YmoServerObject *srv, ymo_conn_t *c)
     rq->conn = c;
     rq->server = srv;
     rq->status = rq->headers = NULL;
-    rq->env = rq->input = rq->result = rq->iter = NULL;
+    rq->env = rq->input = rq->result = rq->iter = rq->websocket = NULL;
     rq->code = rq->head_sent = rq->app_length = 0;
     rq->started = srv->access_log ? now_monotonic() : 0;
     in = PyObject_New(YmoInputObject, st->input_type);
@@ -1112,6 +1118,13 @@ void ymo__py_wsgi_run(YmoServerObject *srv, ymo_conn_t *c)
     rq->env = build_environ(srv, c, rq->input);
     if (rq->env == NULL)
         goto nomem;
+    if (ymo_http_request(c, &(const char *){NULL})->flags & YMO_HTTP_F_UPGRADE) {
+        /* An upgrade: the application may take the WebSocket. */
+        rq->websocket = ymo__py_wsgi_ws_new(srv, c);
+        if (rq->websocket == NULL
+            || PyDict_SetItemString(rq->env, "yimmo.websocket", rq->websocket) < 0)
+            goto nomem;
+    }
 
     PyObject *args[2] = {rq->env, (PyObject *)rq};
     rq->result = PyObject_Vectorcall(srv->handler, args, 2, NULL);

@@ -24,7 +24,7 @@ enum {
     WF_FAILED = 1u << 6         /* we closed because the peer misbehaved */
 };
 
-typedef struct {
+struct ymo_ws_s {
     ymo_ws_parser_t parser;
     ymo_ws_config_t cfg;
     ymo_ws_deflate_t *deflate;
@@ -38,11 +38,12 @@ typedef struct {
     char close_reason[124];
     size_t close_reason_len;
     void *user;
-} ws_t;
+};
+typedef struct ymo_ws_s ws_t;
 
 #define WS(c) ((ws_t *)(c)->proto_data)
 
-static void ws_process(ymo_conn_t *c);
+static void ws_process(ymo_conn_t *c, ws_t *ws);
 
 /* --- Handshake ------------------------------------------------------------ */
 
@@ -139,8 +140,9 @@ int ymo_ws_accept_key(const char *key, size_t len, char out[29])
 
 extern const ymo_proto_t ymo__ws_proto;
 
-int ymo_ws_accept(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subprotocol,
-                  size_t sp_len, const ymo_ws_config_t *cfg, void *user)
+/* The session, with the 101 response queued. */
+static int start(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subprotocol, size_t sp_len,
+                 const ymo_ws_config_t *cfg, void *user, ws_t **out)
 {
     char accept[29];
     char ext[160] = "";
@@ -197,8 +199,18 @@ int ymo_ws_accept(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subpro
         free(ws);
         return r;
     }
-    ymo_http_upgrade(c, &ymo__ws_proto, ws);
+    *out = ws;
     return 0;
+}
+
+int ymo_ws_accept(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subprotocol,
+                  size_t sp_len, const ymo_ws_config_t *cfg, void *user)
+{
+    ws_t *ws;
+    int r = start(c, req, subprotocol, sp_len, cfg, user, &ws);
+    if (r == 0)
+        ymo_http_upgrade(c, &ymo__ws_proto, ws);
+    return r;
 }
 
 void *ymo_ws_user(ymo_conn_t *c)
@@ -233,9 +245,9 @@ static int send_frame(ymo_conn_t *c, int fin, int rsv, int opcode, const void *d
     return ymo_outq_ref(&c->out, data, len, ref);
 }
 
-int ymo_ws_send(ymo_conn_t *c, int opcode, const void *data, size_t len, int fin, void *ref)
+static int send_msg(ymo_conn_t *c, ws_t *ws, int opcode, const void *data, size_t len, int fin,
+                    void *ref)
 {
-    ws_t *ws = WS(c);
     int r = 0;
     if ((ws->flags & WF_CLOSE_SENT) || (c->flags & YMO_CONN_CLOSED)) {
         r = YMO_E_CLOSED;
@@ -312,6 +324,11 @@ static void fail(ymo_conn_t *c, ws_t *ws, int code, const char *reason)
     queue_close(c, ws, code, reason, strlen(reason));
     notify_close(c, ws, code, reason, strlen(reason));
     ymo_conn_close_after_flush(c);
+}
+
+int ymo_ws_send(ymo_conn_t *c, int opcode, const void *data, size_t len, int fin, void *ref)
+{
+    return send_msg(c, WS(c), opcode, data, len, fin, ref);
 }
 
 int ymo_ws_close(ymo_conn_t *c, int code, const char *reason, size_t len)
@@ -416,13 +433,14 @@ static int message(ymo_conn_t *c, ws_t *ws)
     return 0;
 }
 
-static void ws_process(ymo_conn_t *c)
+static void ws_process(ymo_conn_t *c, ws_t *ws)
 {
-    ws_t *ws = WS(c);
     ymo_ws_parser_t *p = &ws->parser;
     while (!(ws->flags & (WF_MSG_READY | WF_FAILED)) && !(c->flags & YMO_CONN_CLOSED)) {
         size_t consumed, off, n;
         uint8_t *buf = (uint8_t *)c->in.data + ws->scan;
+        if (c->flags & (YMO_CONN_LINGERING | YMO_CONN_CLOSE_AFTER_FLUSH))
+            break;      /* closing: the rest of the input is not read */
         int ev = ymo_ws_parse(p, buf, c->in.len - ws->scan, &consumed, &off, &n);
         ws->scan += consumed;
         if (ev == YMO_WS_EV_NONE)
@@ -456,7 +474,10 @@ static void ws_process(ymo_conn_t *c)
                 break;
         }
     }
-    /* Drop what was parsed; keep the rest at the front. */
+    /* Drop what was parsed; keep the rest at the front. A connection that
+     * started closing may have dropped its input already. */
+    if (ws->scan > c->in.len)
+        ws->scan = c->in.len;
     if (ws->scan > 0 && !(c->flags & YMO_CONN_CLOSED)) {
         size_t left = c->in.len - ws->scan;
         memmove(c->in.data, c->in.data + ws->scan, left);
@@ -480,7 +501,7 @@ static void ws_process(ymo_conn_t *c)
 
 static void on_data(ymo_conn_t *c)
 {
-    ws_process(c);
+    ws_process(c, WS(c));
 }
 
 static void on_ready(ymo_conn_t *c)
@@ -498,7 +519,7 @@ static void on_ready(ymo_conn_t *c)
         else
             free(data);
         if (!(c->flags & YMO_CONN_CLOSED))
-            ws_process(c);
+            ws_process(c, ws);
     }
     if ((ws->flags & WF_CLOSE_PENDING) && !(ws->flags & WF_NOTIFIED)) {
         ws->flags &= ~WF_CLOSE_PENDING;
@@ -568,3 +589,113 @@ const ymo_proto_t ymo__ws_proto = {
     .busy = busy,
     .on_ready = on_ready,
 };
+
+/* --- Blocking use, on a connection a worker thread owns ---------------------- */
+
+/* The loop leaves a checked-out connection alone, so the worker drives the
+ * same session by hand: parse what is buffered, wait for more with poll,
+ * write with blocking flushes. */
+
+int ymo_ws_sync_accept(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subprotocol,
+                       size_t sp_len, const ymo_ws_config_t *cfg, ymo_ws_t **out)
+{
+    int r = start(c, req, subprotocol, sp_len, cfg, NULL, out);
+    if (r < 0)
+        return r;
+    /* Frames that came right behind the handshake are the session's. */
+    ymo_http_release_input(c);
+    /* The HTTP exchange is over once the application returns: close then. */
+    ymo_http_response_t *resp = ymo_http_response(c);
+    resp->status = 101;
+    resp->flags |= YMO_RESP_STARTED | YMO_RESP_HEAD_DONE | YMO_RESP_FINISHED | YMO_RESP_CLOSE;
+    r = ymo_conn_flush_sync(c, cfg->idle_timeout);
+    if (r < 0) {
+        ymo_ws_sync_free(*out);
+        *out = NULL;
+    }
+    return r;
+}
+
+int ymo_ws_sync_recv(ymo_conn_t *c, ymo_ws_t *ws, int *opcode, uint8_t **data, size_t *len)
+{
+    for (;;) {
+        if (ws->flags & WF_MSG_READY) {
+            ws->flags &= ~WF_MSG_READY;
+            *opcode = ws->ready_opcode;
+            *data = (uint8_t *)ws->msg.data;
+            *len = ws->msg.len;
+            ws->msg.data = NULL;
+            ws->msg.len = ws->msg.cap = 0;
+            return 0;
+        }
+        /* Pongs and close replies go out before waiting. */
+        int r = ymo_conn_flush_sync(c, ws->cfg.idle_timeout);
+        if (ws->flags & (WF_CLOSE_PENDING | WF_NOTIFIED)) {
+            ws->flags &= ~WF_CLOSE_PENDING;
+            ws->flags |= WF_NOTIFIED;
+            return 1;
+        }
+        if (r < 0 || (c->flags & YMO_CONN_CLOSED) || (c->flags & YMO_CONN_CLOSE_AFTER_FLUSH)) {
+            notify_close(c, ws, YMO_WS_ABNORMAL, "", 0);
+            continue;
+        }
+        r = ymo_conn_read_sync(c, ws->cfg.idle_timeout);
+        if (r == YMO_E_TIMEOUT) {
+            queue_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
+            notify_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
+            continue;
+        }
+        if (r < 0) {
+            notify_close(c, ws, YMO_WS_ABNORMAL, "", 0);
+            continue;
+        }
+        ws_process(c, ws);
+    }
+}
+
+int ymo_ws_sync_send(ymo_conn_t *c, ymo_ws_t *ws, int opcode, const void *data, size_t len, int fin)
+{
+    int r = send_msg(c, ws, opcode, data, len, fin, NULL);
+    if (r == 0)
+        r = ymo_conn_flush_sync(c, ws->cfg.idle_timeout);
+    return r;
+}
+
+int ymo_ws_sync_close(ymo_conn_t *c, ymo_ws_t *ws, int code, const char *reason, size_t len)
+{
+    queue_close(c, ws, code, reason, len);
+    int r = ymo_conn_flush_sync(c, ws->cfg.idle_timeout);
+    /* Wait briefly for the peer's close (RFC 6455 7.1.1: the server closes
+     * the TCP connection first once both close frames are exchanged). */
+    for (int i = 0; r == 0 && i < 16 && !(ws->flags & WF_CLOSE_RECEIVED)
+                    && !(c->flags & YMO_CONN_CLOSED); i++) {
+        if (ymo_conn_read_sync(c, 1.0) < 0)
+            break;
+        ws_process(c, ws);
+        if (ws->flags & WF_MSG_READY) {
+            /* Data after our close is dropped (RFC 6455 1.4). */
+            free(ws->msg.data);
+            ws->msg.data = NULL;
+            ws->msg.len = ws->msg.cap = 0;
+            ws->flags &= ~WF_MSG_READY;
+        }
+    }
+    ws->flags |= WF_NOTIFIED;
+    return r;
+}
+
+int ymo_ws_sync_code(ymo_ws_t *ws, const char **reason, size_t *len)
+{
+    *reason = ws->close_reason;
+    *len = ws->close_reason_len;
+    return ws->close_code;
+}
+
+void ymo_ws_sync_free(ymo_ws_t *ws)
+{
+    if (ws == NULL)
+        return;
+    free(ws->msg.data);
+    ymo_ws_deflate_free(ws->deflate);
+    free(ws);
+}

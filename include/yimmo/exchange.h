@@ -92,6 +92,11 @@ void *ymo_http_exchange(ymo_conn_t *c);
  * request go to it. */
 void ymo_http_upgrade(ymo_conn_t *c, const ymo_proto_t *proto, void *data);
 
+/* The request is done with c->in: the bytes behind it move to the front
+ * for another protocol read by the same exchange (a WebSocket a worker
+ * thread drives). The request's spans are invalid from here. */
+void ymo_http_release_input(ymo_conn_t *c);
+
 /* From on_request or resume: the exchange is not finished, but waits for
  * its output to drain (a producer paused at the high-water mark); the
  * resume hook is called when it has, or when the connection closed. */

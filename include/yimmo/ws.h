@@ -188,4 +188,20 @@ int ymo_ws_send(ymo_conn_t *c, int opcode, const void *data, size_t len, int fin
 /* Start the closing handshake (RFC 6455 7.1.2) with code and reason. */
 int ymo_ws_close(ymo_conn_t *c, int code, const char *reason, size_t len);
 
+/* --- Blocking use from a worker thread that owns the connection ---------- */
+
+typedef struct ymo_ws_s ymo_ws_t;
+
+/* Accept and send the 101 now; *out is the session (free it). */
+int ymo_ws_sync_accept(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subprotocol,
+                       size_t sp_len, const ymo_ws_config_t *cfg, ymo_ws_t **out);
+/* Wait for the next message: 0 with it (data malloc'd, the caller frees),
+ * 1 when the connection closed (ymo_ws_sync_code tells how). Pings are
+ * answered and close frames echoed on the way. */
+int ymo_ws_sync_recv(ymo_conn_t *c, ymo_ws_t *ws, int *opcode, uint8_t **data, size_t *len);
+int ymo_ws_sync_send(ymo_conn_t *c, ymo_ws_t *ws, int opcode, const void *data, size_t len, int fin);
+int ymo_ws_sync_close(ymo_conn_t *c, ymo_ws_t *ws, int code, const char *reason, size_t len);
+int ymo_ws_sync_code(ymo_ws_t *ws, const char **reason, size_t *len);
+void ymo_ws_sync_free(ymo_ws_t *ws);
+
 #endif /* YIMMO_WS_H */
