@@ -619,6 +619,9 @@ int ymo_ws_sync_accept(ymo_conn_t *c, const ymo_ws_request_t *req, const char *s
 int ymo_ws_sync_recv(ymo_conn_t *c, ymo_ws_t *ws, int *opcode, uint8_t **data, size_t *len)
 {
     for (;;) {
+        /* Frames that arrived with the last message come first. */
+        if (!(ws->flags & WF_MSG_READY) && c->in.len > 0)
+            ws_process(c, ws);
         if (ws->flags & WF_MSG_READY) {
             ws->flags &= ~WF_MSG_READY;
             *opcode = ws->ready_opcode;
