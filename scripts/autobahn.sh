@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Autobahn|Testsuite fuzzingclient against examples/ws_echo_native.py.
+# Autobahn|Testsuite fuzzingclient against examples/ws_echo_native.py, or
+# with AUTOBAHN_TARGET=wsgi against `yimmo-wsgi examples.ws_echo:app
+# --threads 4` (the WSGI route).
 #
 #   scripts/autobahn.sh [fast|deflate|all] [CASES]
 #
@@ -47,7 +49,11 @@ fi
 # A free port: bind to 0, read it, release it (the server binds it right after).
 PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 LOG=$(mktemp /tmp/autobahn-server.XXXXXX.log)
-"$PY" "$ROOT/examples/ws_echo_native.py" --host 127.0.0.1 --port "$PORT" >"$LOG" 2>&1 &
+if [ "${AUTOBAHN_TARGET:-native}" = wsgi ]; then
+    (cd "$ROOT" && exec "$PY" -m yimmo examples.ws_echo:app -b "127.0.0.1:$PORT" --threads 4) >"$LOG" 2>&1 &
+else
+    "$PY" "$ROOT/examples/ws_echo_native.py" --host 127.0.0.1 --port "$PORT" >"$LOG" 2>&1 &
+fi
 SERVER=$!
 cleanup() {
     if kill -0 "$SERVER" 2>/dev/null; then

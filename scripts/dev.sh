@@ -135,6 +135,17 @@ run_tests() {
     fi
     [ "$rc" -eq 0 ] || return "$rc"
 
+    # WebSocket conformance (docs/websockets.md): the Autobahn|Testsuite
+    # against both echo examples, and its permessage-deflate sections.
+    if [ "${YIMMO_SKIP_AUTOBAHN:-}" != 1 ]; then
+        log "Autobahn: native echo"
+        PY="$PY" "$ROOT/scripts/autobahn.sh" fast || return $?
+        log "Autobahn: WSGI echo"
+        AUTOBAHN_TARGET=wsgi PY="$PY" "$ROOT/scripts/autobahn.sh" fast || return $?
+        log "Autobahn: permessage-deflate"
+        PY="$PY" "$ROOT/scripts/autobahn.sh" deflate || return $?
+    fi
+
     # Memory safety (docs/building.md): the suite against an ASan+UBSan
     # build, then a representative subset under valgrind memcheck. Both build
     # into build/memcheck and leave the in-place -O2 build alone.
