@@ -213,6 +213,8 @@ SAMPLES = {
     "body_timeout": ("4.5", 4.5, "4.5", 4.5),
     "send_timeout": ("6", 6, "6", 6.0),
     "worker_connections": ("50", 50, "50", 50),
+    "read_size": ("4096", 4096, "4096", 4096),
+    "send_high_water": ("65536", 65536, "65536", 65536),
     "preload": (None, True, "true", True),
     "log_level": ("WARNING", "warning", "Warning", "warning"),
     "error_logfile": ("/tmp/e.log", "/tmp/e.log", "/tmp/e.log", "/tmp/e.log"),
@@ -284,6 +286,7 @@ BAD_ENV = {
     "limit_request_line": "0", "limit_request_fields": "0", "limit_request_field_size": "-3",
     "max_body_size": "big", "backlog": "0", "reuse_port": "2",
     "header_timeout": "0", "body_timeout": "-2", "send_timeout": "soon", "worker_connections": "0",
+    "read_size": "0", "send_high_water": "-1",
 }
 
 

@@ -32,3 +32,20 @@ def test_max_connections_is_checked(server):
         yimmo.Server(lambda ex: None, port=0, max_connections=0)
     with pytest.raises(TypeError, match="max_connections"):
         yimmo.Server(lambda ex: None, port=0, max_connections="many")
+
+
+def test_small_send_high_water_still_serves_a_large_response(server):
+    """With a 4 KiB high-water mark, a 1 MiB response still arrives whole."""
+    body = bytes(range(256)) * 4096
+    live = server(lambda ex: ex.respond(200, [], body), send_high_water=4096, read_size=512)
+    with live.connect() as c:
+        c.send(get_request("/"))
+        resp = c.read_response()
+        assert resp.status == 200 and resp.body == body
+
+
+def test_buffer_settings_are_checked():
+    import yimmo
+    for name in ("read_size", "send_high_water"):
+        with pytest.raises(ValueError, match=name):
+            yimmo.Server(lambda ex: None, port=0, **{name: 0})

@@ -462,6 +462,8 @@ class WorkerProcess:
             send_timeout=s.send_timeout,
             max_body_size=s.max_body_size,
             max_connections=s.worker_connections,
+            read_size=s.read_size,
+            send_high_water=s.send_high_water,
             max_request_line=s.limit_request_line,
             max_headers=s.limit_request_fields,
             max_header_size=s.limit_request_field_size,

@@ -321,6 +321,13 @@ OPTIONS = [
     Option("worker_connections", ("--worker-connections",), _to_int, 10000,
            "Most simultaneous client connections per worker; more wait in the listen backlog.",
            validate=_at_least(1), metavar="INT", section="limits", maps_to="max_connections"),
+    Option("read_size", ("--read-size",), _to_int, 16384,
+           "Bytes read from a connection per read() (the receive buffer's step).",
+           validate=_at_least(1), metavar="BYTES", section="limits", maps_to="read_size"),
+    Option("send_high_water", ("--send-high-water",), _to_int, 1048576,
+           "Queued response bytes past which a connection stops being read and a streaming "
+           "response pauses (backpressure).",
+           validate=_at_least(1), metavar="BYTES", section="limits", maps_to="send_high_water"),
     Option("backlog", ("--backlog",), _to_int, 2048,
            "Listen queue length of each listening socket.",
            validate=_at_least(1), metavar="INT", maps_to="backlog"),

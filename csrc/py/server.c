@@ -345,6 +345,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         "max_body_size", "max_request_line", "max_header_size", "max_header_bytes",
         "max_headers", "on_tick", "tick_interval", "max_connections",
         "websocket", "ws_max_message", "ws_idle_timeout", "ws_send_limit", "ws_deflate",
+        "read_size", "send_high_water",
         /* WSGIServer only, from here. */
         "url_scheme", "script_name", "multiprocess", "access_log", "threads",
         "body_buffer_size", NULL,
@@ -356,12 +357,14 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     PyObject *on_tick = Py_None, *tick_o = NULL, *maxconn = NULL;
     PyObject *ws_routes = Py_None, *ws_max = NULL, *ws_idle = NULL, *ws_limit = NULL;
     int ws_deflate = 1;
+    PyObject *read_size = NULL, *high_water = NULL;
     PyObject *url_scheme = NULL, *script_name = NULL, *multiprocess = NULL;
     PyObject *access_log = NULL, *threads = NULL, *bbs = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOpOOOOOO", kwlist, &handler,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOpOOOOOOOO", kwlist, &handler,
                                      &host_o, &port_o, &sock, &backlog_o, &reuse_port, &ka, &ht,
                                      &bt, &st_o, &mb, &mrl, &mhs, &mhb, &mh, &on_tick, &tick_o,
                                      &maxconn, &ws_routes, &ws_max, &ws_idle, &ws_limit, &ws_deflate,
+                                     &read_size, &high_water,
                                      &url_scheme, &script_name, &multiprocess, &access_log,
                                      &threads, &bbs))
         return NULL;
@@ -470,6 +473,14 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     if (maxconn != Py_None && set_uint(maxconn, "max_connections", 1u << 24, &v) < 0)
         return NULL;
     cfg.max_connections = (uint32_t)v;
+    v = cfg.read_size;
+    if (set_uint(read_size, "read_size", 1u << 24, &v) < 0)
+        return NULL;
+    cfg.read_size = (size_t)v;
+    v = cfg.output_high_water;
+    if (set_uint(high_water, "send_high_water", 1ull << 32, &v) < 0)
+        return NULL;
+    cfg.output_high_water = (size_t)v;
     if (ws_routes != Py_None && !PyDict_Check(ws_routes)) {
         PyErr_SetString(PyExc_TypeError,
                         "websocket must be a dict of {path: handler object}");
