@@ -1,5 +1,8 @@
 """The engine's parsers, callable on bytes alone (for tests and fuzzers).
 
+``inflate_ws_message(data, *, max_size, no_context_takeover=True)`` inflates one
+permessage-deflate payload with the server's size cap (ParseError 1009 / 1007).
+
 ``parse_http_request(data)`` parses the first request in ``data`` with the
 default limits; ``RequestParser(**limits).feed(data)`` parses incrementally and
 returns every request completed so far (pipelined ones too). Both give a plain
@@ -72,7 +75,8 @@ payloads (code and reason) are not checked here; the session does that.
 """
 from typing import List, NamedTuple, Tuple, Union
 
-from ._yimmo import ParseError, RequestParser, parse_http_request, parse_ws_frames
+from ._yimmo import (ParseError, RequestParser, inflate_ws_message, parse_http_request,
+                     parse_ws_frames)
 
 __all__ = [
     "ParseError",
@@ -80,8 +84,7 @@ __all__ = [
     "RequestParser",
     "parse_http_request",
     "parse_request",
-    "parse_ws_frames",
-]
+    "parse_ws_frames", "inflate_ws_message"]
 
 BytesLike = Union[bytes, bytearray, memoryview]
 

@@ -26,6 +26,8 @@ typedef struct {
     PyObject *text;             /* cached str */
 } YmoWSMessageObject;
 
+int ymo__py_inflate_init(PyObject *module);
+
 /* --- WSMessage ------------------------------------------------------------ */
 
 static PyObject *msg_new(ymo_py_state *st, int opcode, uint8_t *data, size_t len)
@@ -599,7 +601,9 @@ int ymo__py_ws_init(PyObject *module, ymo_py_state *st)
     st->wsmessage_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &msg_spec, NULL);
     if (st->wsmessage_type == NULL || PyModule_AddType(module, st->wsmessage_type) < 0)
         return -1;
-    return PyModule_AddFunctions(module, ws_module_methods);
+    if (PyModule_AddFunctions(module, ws_module_methods) < 0)
+        return -1;
+    return ymo__py_inflate_init(module);
 }
 
 void ymo__py_ws_hooks(ymo_server_hooks_t *hooks)
@@ -827,4 +831,63 @@ int ymo__py_wsgi_ws_init(PyObject *module, ymo_py_state *st)
     if (st->wsgi_websocket_type == NULL)
         return -1;
     return PyModule_AddType(module, st->wsgi_websocket_type);
+}
+
+/* --- yimmo.parsers.inflate_ws_message: permessage-deflate on bytes alone --- */
+
+static PyObject *inflate_ws_message(PyObject *module, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"data", "max_size", "no_context_takeover", NULL};
+    Py_buffer buf;
+    unsigned long long max = 16ull << 20;
+    int no_takeover = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|$Kp:inflate_ws_message", kwlist, &buf, &max,
+                                     &no_takeover))
+        return NULL;
+    ymo_ws_deflate_params_t params = {
+        .client_no_context_takeover = (uint8_t)no_takeover,
+        .server_no_context_takeover = (uint8_t)no_takeover,
+        .server_max_window_bits = 15,
+        .client_max_window_bits = 15,
+    };
+    ymo_ws_deflate_t *d = ymo_ws_deflate_new(&params);
+    if (d == NULL) {
+        PyBuffer_Release(&buf);
+        return PyErr_NoMemory();
+    }
+    uint8_t *out = NULL;
+    size_t outlen = 0;
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = ymo_ws_inflate(d, buf.buf, (size_t)buf.len, max, &out, &outlen);
+    Py_END_ALLOW_THREADS
+    ymo_ws_deflate_free(d);
+    PyBuffer_Release(&buf);
+    if (r != 0) {
+        ymo_py_state *st = ymo__py_state(module);
+        PyObject *e = Py_BuildValue("(sisi)", r == YMO_WS_TOO_BIG ? "message too big"
+                                              : "invalid compressed data", r, "websocket", r);
+        if (e != NULL) {
+            PyErr_SetObject(st->parse_error, e);
+            Py_DECREF(e);
+        }
+        return NULL;
+    }
+    PyObject *res = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)outlen);
+    free(out);
+    return res;
+}
+
+static PyMethodDef inflate_methods[] = {
+    {"inflate_ws_message", (PyCFunction)(void (*)(void))inflate_ws_message,
+     METH_VARARGS | METH_KEYWORDS,
+     "inflate_ws_message(data, *, max_size=16 MiB, no_context_takeover=True) -> bytes:\n"
+     "inflate one permessage-deflate message payload (RFC 7692 7.2.2) with the server's\n"
+     "size cap; raises ParseError(reason, 1009 or 1007, 'websocket', code)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int ymo__py_inflate_init(PyObject *module)
+{
+    return PyModule_AddFunctions(module, inflate_methods);
 }
