@@ -214,6 +214,12 @@ SAMPLES = {
     "send_timeout": ("6", 6, "6", 6.0),
     "worker_connections": ("50", 50, "50", 50),
     "read_size": ("4096", 4096, "4096", 4096),
+    "ws_max_message": ("1000", 1000, "1000", 1000),
+    "ws_idle_timeout": ("9", 9, "9", 9.0),
+    "ws_ping_interval": ("2.5", 2.5, "2.5", 2.5),
+    "ws_ping_timeout": ("4", 4, "4", 4.0),
+    "ws_send_limit": ("5000", 5000, "5000", 5000),
+    "ws_no_deflate": (None, True, "1", True),
     "send_high_water": ("65536", 65536, "65536", 65536),
     "preload": (None, True, "true", True),
     "log_level": ("WARNING", "warning", "Warning", "warning"),
@@ -287,6 +293,8 @@ BAD_ENV = {
     "max_body_size": "big", "backlog": "0", "reuse_port": "2",
     "header_timeout": "0", "body_timeout": "-2", "send_timeout": "soon", "worker_connections": "0",
     "read_size": "0", "send_high_water": "-1",
+    "ws_max_message": "0", "ws_idle_timeout": "0", "ws_ping_interval": "-1",
+    "ws_ping_timeout": "never", "ws_send_limit": "0", "ws_no_deflate": "perhaps",
 }
 
 

@@ -1061,3 +1061,32 @@ def test_deflate_rsv1_on_continuation_1002(deflate_server):
     with conn:
         conn.send(frame(TEXT, b"a", rsv=4, fin=False) + frame(CONT, b"b", rsv=4))
         expect_close(conn, 1002)
+
+
+def test_keepalive_ping_is_answered_by_a_live_client(ws_server):
+    rec = Recorder()
+    live, url = ws_server(rec, ws_ping_interval=0.2, ws_ping_timeout=0.5)
+    with connect(url) as c:             # the websockets client answers pings
+        deadline = time.monotonic() + 1.2
+        while time.monotonic() < deadline:
+            try:
+                c.recv(timeout=0.2)
+            except TimeoutError:
+                pass
+        c.send("still here")
+        assert c.recv(timeout=IO_TIMEOUT) == "still here"
+    assert [code for code, _ in rec.wait_closes()] == [1000]
+
+
+def test_unanswered_keepalive_ping_closes(ws_server):
+    rec = Recorder()
+    live, url = ws_server(rec, ws_ping_interval=0.2, ws_ping_timeout=0.3)
+    conn, resp = open_raw(live)
+    with conn:
+        # Read the ping, never answer it: the server gives up.
+        t0 = time.monotonic()
+        fin, rsv, op, payload = read_frame(conn)
+        assert op == PING
+        expect_close(conn, 1001)
+        assert time.monotonic() - t0 < 3
+    assert [code for code, _ in rec.wait_closes()] == [1006]

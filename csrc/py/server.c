@@ -345,7 +345,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         "max_body_size", "max_request_line", "max_header_size", "max_header_bytes",
         "max_headers", "on_tick", "tick_interval", "max_connections",
         "websocket", "ws_max_message", "ws_idle_timeout", "ws_send_limit", "ws_deflate",
-        "read_size", "send_high_water",
+        "read_size", "send_high_water", "ws_ping_interval", "ws_ping_timeout",
         /* WSGIServer only, from here. */
         "url_scheme", "script_name", "multiprocess", "access_log", "threads",
         "body_buffer_size", NULL,
@@ -357,14 +357,14 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     PyObject *on_tick = Py_None, *tick_o = NULL, *maxconn = NULL;
     PyObject *ws_routes = Py_None, *ws_max = NULL, *ws_idle = NULL, *ws_limit = NULL;
     int ws_deflate = 1;
-    PyObject *read_size = NULL, *high_water = NULL;
+    PyObject *read_size = NULL, *high_water = NULL, *ws_ping = NULL, *ws_ping_to = NULL;
     PyObject *url_scheme = NULL, *script_name = NULL, *multiprocess = NULL;
     PyObject *access_log = NULL, *threads = NULL, *bbs = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOpOOOOOOOO", kwlist, &handler,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOpOOOOOOOOOO", kwlist, &handler,
                                      &host_o, &port_o, &sock, &backlog_o, &reuse_port, &ka, &ht,
                                      &bt, &st_o, &mb, &mrl, &mhs, &mhb, &mh, &on_tick, &tick_o,
                                      &maxconn, &ws_routes, &ws_max, &ws_idle, &ws_limit, &ws_deflate,
-                                     &read_size, &high_water,
+                                     &read_size, &high_water, &ws_ping, &ws_ping_to,
                                      &url_scheme, &script_name, &multiprocess, &access_log,
                                      &threads, &bbs))
         return NULL;
@@ -499,6 +499,14 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         return NULL;
     wscfg.send_limit = (size_t)v;
     if (set_double(ws_idle, "ws_idle_timeout", &wscfg.idle_timeout) < 0)
+        return NULL;
+    wscfg.ping_timeout = 20.0;
+    if (ws_ping != NULL && ws_ping != Py_None && PyNumber_Check(ws_ping)
+        && PyFloat_AsDouble(ws_ping) == 0.0)
+        wscfg.ping_interval = 0;    /* 0 turns keep-alive pings off */
+    else if (set_double(ws_ping, "ws_ping_interval", &wscfg.ping_interval) < 0)
+        return NULL;
+    if (set_double(ws_ping_to, "ws_ping_timeout", &wscfg.ping_timeout) < 0)
         return NULL;
     /* The native handler gets whole bodies (up to max_body_size) without
      * waiting on the loop; a WSGI app streams what exceeds the buffer. */

@@ -21,7 +21,8 @@ enum {
     WF_CLOSE_PENDING = 1u << 3, /* ws_close is due */
     WF_MSG_READY = 1u << 4,     /* a message waits for the embedder */
     WF_SENDING = 1u << 5,       /* a fragmented message is being sent */
-    WF_FAILED = 1u << 6         /* we closed because the peer misbehaved */
+    WF_FAILED = 1u << 6,        /* we closed because the peer misbehaved */
+    WF_PING_OUT = 1u << 7       /* our keep-alive ping waits for an answer */
 };
 
 struct ymo_ws_s {
@@ -38,12 +39,25 @@ struct ymo_ws_s {
     char close_reason[124];
     size_t close_reason_len;
     void *user;
+    double last_rx;             /* loop time of the last bytes from the peer */
 };
 typedef struct ymo_ws_s ws_t;
 
 #define WS(c) ((ws_t *)(c)->proto_data)
 
 static void ws_process(ymo_conn_t *c, ws_t *ws);
+
+/* The one timer: the next of the idle deadline, the keep-alive ping, and
+ * the wait for its answer. */
+static void arm(ymo_conn_t *c, ws_t *ws)
+{
+    double t = ws->cfg.idle_timeout;
+    if (ws->flags & WF_PING_OUT)
+        t = ws->cfg.ping_timeout;
+    else if (ws->cfg.ping_interval > 0 && (t <= 0 || ws->cfg.ping_interval < t))
+        t = ws->cfg.ping_interval;
+    ymo_conn_timer(c, t);
+}
 
 /* --- Handshake ------------------------------------------------------------ */
 
@@ -436,6 +450,7 @@ static int message(ymo_conn_t *c, ws_t *ws)
 static void ws_process(ymo_conn_t *c, ws_t *ws)
 {
     ymo_ws_parser_t *p = &ws->parser;
+    int got = c->in.len > ws->scan;     /* new bytes from the peer */
     while (!(ws->flags & (WF_MSG_READY | WF_FAILED)) && !(c->flags & YMO_CONN_CLOSED)) {
         size_t consumed, off, n;
         uint8_t *buf = (uint8_t *)c->in.data + ws->scan;
@@ -492,8 +507,14 @@ static void ws_process(ymo_conn_t *c, ws_t *ws)
         if (c->in.len == 0)
             ymo_conn_release_input(c);
         ymo_conn_read_start(c);
-        if (!(ws->flags & WF_CLOSE_SENT))
-            ymo_conn_timer(c, ws->cfg.idle_timeout);
+        if (!(ws->flags & WF_CLOSE_SENT)) {
+            /* Bytes from the peer show it is alive. */
+            if (got || ws->last_rx == 0) {
+                ws->last_rx = ev_now(c->server->loop);
+                ws->flags &= ~WF_PING_OUT;
+            }
+            arm(c, ws);
+        }
     }
 }
 
@@ -541,9 +562,25 @@ static void on_timeout(ymo_conn_t *c)
         ymo_conn_close(c);
         return;
     }
-    queue_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
-    notify_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
-    ymo_conn_close_after_flush(c);
+    if (ws->flags & WF_PING_OUT) {
+        /* RFC 6455 5.5.2: the ping went unanswered. */
+        queue_close(c, ws, YMO_WS_GOING_AWAY, "ping timeout", 12);
+        notify_close(c, ws, YMO_WS_ABNORMAL, "ping timeout", 12);
+        ymo_conn_close_after_flush(c);
+        return;
+    }
+    double quiet = ev_now(c->server->loop) - ws->last_rx;
+    if (ws->cfg.idle_timeout > 0 && quiet + 0.001 >= ws->cfg.idle_timeout) {
+        queue_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
+        notify_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
+        ymo_conn_close_after_flush(c);
+        return;
+    }
+    if (ws->cfg.ping_interval > 0) {
+        send_frame(c, 1, 0, YMO_WS_PING, "yimmo", 5, NULL);
+        ws->flags |= WF_PING_OUT;
+    }
+    arm(c, ws);
 }
 
 static void on_eof(ymo_conn_t *c, int err)

@@ -150,6 +150,8 @@ int ymo_ws_deflate(ymo_ws_deflate_t *d, const uint8_t *in, size_t inlen, uint8_t
 typedef struct {
     uint64_t max_message;       /* bytes, after inflating; over it: 1009 */
     double idle_timeout;        /* seconds without a frame before closing */
+    double ping_interval;       /* seconds of quiet before the server pings; 0: never */
+    double ping_timeout;        /* seconds to wait for the pong (or any frame) */
     size_t send_limit;          /* queued output bytes beyond which send fails */
     int deflate;                /* offer permessage-deflate */
 } ymo_ws_config_t;
