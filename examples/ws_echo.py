@@ -16,5 +16,5 @@ def app(environ, start_response):
         msg = ws.receive()
         if msg is None:     # closed (ws.close_code says how)
             break
-        ws.send(msg.text if msg.is_text else msg.data)
+        ws.send(msg)     # as it came: text stays text, no copy
     return []

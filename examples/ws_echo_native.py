@@ -12,7 +12,7 @@ import yimmo
 
 class Echo:
     def on_message(self, ws, msg):
-        ws.send(msg.text if msg.is_text else msg.data)
+        ws.send(msg)     # as it came: text stays text, no copy
 
 
 def page(ex):

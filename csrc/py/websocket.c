@@ -150,7 +150,16 @@ static PyObject *ws_send(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
         return NULL;
     PyObject *owner;
     int opcode;
-    if (PyUnicode_Check(data)) {
+    const char *ptr = NULL;
+    Py_ssize_t plen = 0;
+    if (Py_IS_TYPE(data, ws->server->st->wsmessage_type)) {
+        /* Echo a received message as it is: no copy, same type. */
+        YmoWSMessageObject *m = (YmoWSMessageObject *)data;
+        owner = Py_NewRef(data);
+        opcode = m->opcode;
+        ptr = (const char *)m->data;
+        plen = m->len;
+    } else if (PyUnicode_Check(data)) {
         owner = PyUnicode_AsUTF8String(data);
         opcode = YMO_WS_TEXT;
     } else if (PyBytes_Check(data)) {
@@ -166,11 +175,14 @@ static PyObject *ws_send(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
     }
     if (owner == NULL)
         return NULL;
+    if (ptr == NULL) {
+        ptr = PyBytes_AS_STRING(owner);
+        plen = PyBytes_GET_SIZE(owner);
+    }
     /* The first fragment names the message's type; the rest continue it. */
     if (ws->close_code == -1)
         opcode = YMO_WS_CONT;
-    int r = ymo_ws_send(ws->conn, opcode, PyBytes_AS_STRING(owner), (size_t)PyBytes_GET_SIZE(owner),
-                        fin, owner);
+    int r = ymo_ws_send(ws->conn, opcode, ptr, (size_t)plen, fin, owner);
     if (r == YMO_E_NOMEM) {
         PyErr_SetString(PyExc_BufferError,
                         "the client is not reading: the send queue is over its limit");
@@ -289,8 +301,9 @@ static void ws_dealloc(YmoWebSocketObject *ws)
 
 static PyMethodDef ws_methods[] = {
     {"send", (PyCFunction)(void (*)(void))ws_send, METH_VARARGS | METH_KEYWORDS,
-     "send(data, *, fin=True): send str (text) or bytes (binary); fin=False sends a fragment\n"
-     "and later calls continue the message. BufferError when the client does not read."},
+     "send(data, *, fin=True): send str (text) or bytes (binary), or a received WSMessage\n"
+     "as it came (no copy); fin=False sends a fragment and later calls continue the message.\n"
+     "BufferError when the client does not read."},
     {"ping", (PyCFunction)(void (*)(void))ws_ping, METH_FASTCALL, "ping(payload=b''): send a ping."},
     {"close", (PyCFunction)(void (*)(void))ws_close, METH_VARARGS | METH_KEYWORDS,
      "close(code=1000, reason=''): start the closing handshake."},
@@ -711,12 +724,25 @@ static PyObject *sync_send(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *
     if (sync_live(w, 1) < 0)
         return NULL;
     int opcode = PyUnicode_Check(data) ? YMO_WS_TEXT : YMO_WS_BINARY;
-    PyObject *b = PyUnicode_Check(data) ? PyUnicode_AsUTF8String(data) : PyBytes_FromObject(data);
-    if (b == NULL)
-        return NULL;
+    PyObject *b;
+    const char *ptr;
+    Py_ssize_t plen;
+    if (Py_IS_TYPE(data, w->server->st->wsmessage_type)) {
+        /* A received message goes back as it came: same type, no copy. */
+        YmoWSMessageObject *m = (YmoWSMessageObject *)data;
+        b = Py_NewRef(data);
+        opcode = m->opcode;
+        ptr = (const char *)m->data;
+        plen = m->len;
+    } else {
+        b = PyUnicode_Check(data) ? PyUnicode_AsUTF8String(data) : PyBytes_FromObject(data);
+        if (b == NULL)
+            return NULL;
+        ptr = PyBytes_AS_STRING(b);
+        plen = PyBytes_GET_SIZE(b);
+    }
     int r;
-    YMO_BLOCKING(w->server, r = ymo_ws_sync_send(w->conn, w->ws, opcode, PyBytes_AS_STRING(b),
-                                                 (size_t)PyBytes_GET_SIZE(b), fin));
+    YMO_BLOCKING(w->server, r = ymo_ws_sync_send(w->conn, w->ws, opcode, ptr, (size_t)plen, fin));
     Py_DECREF(b);
     if (r < 0) {
         PyErr_Format(PyExc_ConnectionError, "send failed: %s", ymo_strerror(r));

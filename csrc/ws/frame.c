@@ -169,8 +169,21 @@ int ymo_ws_parse(ymo_ws_parser_t *p, uint8_t *buf, size_t len, size_t *consumed,
         return YMO_WS_EV_NONE;
     size_t n = p->left < len ? (size_t)p->left : len;
     if (f->masked) {
+        /* Eight bytes at a time with the key rotated to this position. */
         uint32_t m = p->mask_pos;
-        for (size_t i = 0; i < n; i++)
+        size_t i = 0;
+        uint8_t k8[8];
+        for (int j = 0; j < 8; j++)
+            k8[j] = f->mask[(m + (uint32_t)j) & 3];
+        uint64_t k;
+        memcpy(&k, k8, 8);
+        for (; i + 8 <= n; i += 8) {
+            uint64_t w;
+            memcpy(&w, buf + i, 8);
+            w ^= k;
+            memcpy(buf + i, &w, 8);
+        }
+        for (; i < n; i++)
             buf[i] ^= f->mask[(m + i) & 3];
         p->mask_pos = (uint32_t)((m + n) & 3);
     }

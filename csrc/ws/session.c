@@ -362,18 +362,25 @@ int ymo_ws_close(ymo_conn_t *c, int code, const char *reason, size_t len)
 
 /* --- Receiving ------------------------------------------------------------- */
 
+static int msg_reserve(ws_t *ws, size_t n)
+{
+    if (ws->msg.cap - ws->msg.len >= n)
+        return 0;
+    size_t ncap = ws->msg.cap ? ws->msg.cap : 256;
+    while (ncap - ws->msg.len < n)
+        ncap *= 2;
+    char *nd = realloc(ws->msg.data, ncap);
+    if (nd == NULL)
+        return YMO_E_NOMEM;
+    ws->msg.data = nd;
+    ws->msg.cap = ncap;
+    return 0;
+}
+
 static int msg_append(ws_t *ws, const uint8_t *p, size_t n)
 {
-    if (ws->msg.cap - ws->msg.len < n) {
-        size_t ncap = ws->msg.cap ? ws->msg.cap : 256;
-        while (ncap - ws->msg.len < n)
-            ncap *= 2;
-        char *nd = realloc(ws->msg.data, ncap);
-        if (nd == NULL)
-            return YMO_E_NOMEM;
-        ws->msg.data = nd;
-        ws->msg.cap = ncap;
-    }
+    if (msg_reserve(ws, n) < 0)
+        return YMO_E_NOMEM;
     memcpy(ws->msg.data + ws->msg.len, p, n);
     ws->msg.len += n;
     return 0;
@@ -466,6 +473,12 @@ static void ws_process(ymo_conn_t *c, ws_t *ws)
         }
         if (ev == YMO_WS_EV_HEADER) {
             ws->ctrl_len = 0;
+            /* Size the message buffer once for the frame that comes. */
+            if (!(p->frame.opcode & 0x8) && p->frame.len > 0
+                && msg_reserve(ws, (size_t)p->frame.len) < 0) {
+                fail(c, ws, YMO_WS_INTERNAL, "out of memory");
+                break;
+            }
             continue;
         }
         int ctrl = p->frame.opcode & 0x8;
