@@ -6,16 +6,23 @@ the seed corpora and the regression inputs with the normal build, so nothing
 here needs atheris. A broken invariant raises :class:`Finding` (an
 ``AssertionError``) whose message says which one.
 
+The WebSocket checks (the end of this file) do the same for the frame codec
+(RFC 6455 5, a reference frame parser), the UTF-8 validator (Python's strict
+decoder) and permessage-deflate inflation (RFC 7692 7.2.2, Python's zlib).
+
 The checks hold the parser to a small reference written in Python from the
 RFC text (RFC 9112 for framing, RFC 9110 for fields), independent of the C
 code: for every request the parser accepts, the head is re-split by hand and
 the body re-derived from its framing (Content-Length or decoded chunks), and
 the bytes consumed must be exactly the head plus that framing.
 """
+import codecs
 import re
 import struct
+import zlib
 
-from yimmo.parsers import ParseError, RequestParser, parse_http_request
+from yimmo.parsers import (ParseError, RequestParser, inflate_ws_message, parse_http_request,
+                           parse_ws_frames)
 
 __all__ = [
     "Finding",
@@ -27,6 +34,12 @@ __all__ = [
     "decode_split_input",
     "ref_dechunk",
     "CHUNKED_HEAD",
+    "check_ws_frames",
+    "check_ws_utf8",
+    "check_ws_inflate",
+    "ref_ws_frames",
+    "Utf8Ref",
+    "ref_inflate",
 ]
 
 # What fuzz inputs may reach; the defaults of yimmo/parsers.py.
@@ -475,3 +488,560 @@ def check_h11(data):
     if len(theirs) > n and out.error is None:
         raise Finding("request %d: h11 ends it at %d, yimmo wants more bytes" % (n, theirs[n][5]))
     return out, theirs, stop
+
+
+# ---- WebSocket (RFC 6455, RFC 7692) -------------------------------------------
+#
+# The entry points: parse_ws_frames(data, *, max_message, require_mask,
+# rsv_allowed) -> (frames, consumed) and inflate_ws_message(data, *, max_size,
+# no_context_takeover) -> bytes, both raising ParseError(reason, close_code,
+# "websocket", close_code).
+
+WS_CODES = (1002, 1007, 1009)
+WS_MAX = 16 << 20  # the default max_message / max_size
+WS_CONT, WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+WS_OPCODES = (WS_CONT, WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG)
+DEFLATE_TAIL = b"\x00\x00\xff\xff"
+
+
+def ws_unmask(payload, mask):
+    """payload XOR the 4-byte mask key (from the key's first byte); mask None: as is."""
+    n = len(payload)
+    if not mask or not n:
+        return bytes(payload)
+    key = (bytes(mask) * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+
+
+def ws_frame(opcode, payload=b"", fin=True, rsv=0, mask=b"\x37\xfa\x21\x3d"):
+    """One frame with the minimal length encoding (RFC 6455 5.2); rsv is the
+    three bits as a number (4 = RSV1); mask None: unmasked."""
+    n = len(payload)
+    m = 0x80 if mask else 0
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    if n < 126:
+        head += bytes([n | m])
+    elif n < 65536:
+        head += bytes([126 | m]) + struct.pack("!H", n)
+    else:
+        head += bytes([127 | m]) + struct.pack("!Q", n)
+    if mask:
+        return head + bytes(mask) + ws_unmask(payload, mask)
+    return head + bytes(payload)
+
+
+def ws_headers(data):
+    """Walk the frame headers in data by their lengths alone (no rule
+    checked): yield (start, header_size, payload_len, mask or None) for each
+    complete header."""
+    pos = 0
+    while len(data) - pos >= 2:
+        b1 = data[pos + 1]
+        n = b1 & 0x7F
+        h = 2 + {126: 2, 127: 8}.get(n, 0) + (4 if b1 & 0x80 else 0)
+        if len(data) - pos < h:
+            return
+        if n == 126:
+            n = int.from_bytes(data[pos + 2:pos + 4], "big")
+        elif n == 127:
+            n = int.from_bytes(data[pos + 2:pos + 10], "big")
+        mask = bytes(data[pos + h - 4:pos + h]) if b1 & 0x80 else None
+        yield pos, h, n, mask
+        pos += h + n
+
+
+def ws_apply_masks(data):
+    """XOR every payload in data with its frame's mask key: turns a stream of
+    plain payloads into what a client sends (and back)."""
+    out = bytearray(data)
+    for pos, h, n, mask in ws_headers(data):
+        start = pos + h
+        if mask and start < len(out):
+            end = min(len(out), start + n)
+            out[start:end] = ws_unmask(out[start:end], mask)
+    return bytes(out)
+
+
+class Utf8Ref:
+    """Incremental UTF-8 validation by Python's strict decoder (RFC 3629:
+    surrogates, overlongs and code points past U+10FFFF refused), reporting
+    the first byte that cannot be part of valid text (RFC 6455 8.1).
+
+    CPython's incremental decoder fails on the first impossible byte, with one
+    exception kept for its surrogatepass handler: ED followed by A0..BF at the
+    end of the input so far is held back as incomplete, though no byte can
+    make it valid. That one is flagged here.
+    """
+
+    def __init__(self):
+        self.dec = codecs.getincrementaldecoder("utf-8")("strict")
+
+    def _held_surrogate(self):
+        held = self.dec.getstate()[0]
+        return len(held) == 2 and held[0] == 0xED and held[1] >= 0xA0
+
+    def feed(self, chunk):
+        """None, or the index in chunk of the first invalid byte."""
+        chunk = bytes(chunk)
+        state = self.dec.getstate()
+        try:
+            self.dec.decode(chunk)
+        except UnicodeDecodeError as e:
+            self.dec.setstate(state)
+            # Everything before the bad sequence's start decodes; the bad
+            # byte is within the next four (or among the held-back ones).
+            k = max(0, e.start - len(state[0]))
+            self.dec.decode(chunk[:k])
+            for i in range(k, len(chunk)):
+                try:
+                    self.dec.decode(chunk[i:i + 1])
+                except UnicodeDecodeError:
+                    return i
+                if self._held_surrogate():
+                    return i
+            raise Finding("Utf8Ref: the decoder refused %r but no byte of it" % (chunk,))
+        if chunk and self._held_surrogate():
+            return len(chunk) - 1
+        return None
+
+    def finish(self):
+        """True when the text so far ends between characters."""
+        try:
+            self.dec.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+        return True
+
+
+def ref_ws_frames(data, max_message=WS_MAX, require_mask=True, rsv_allowed=0):
+    """The frame parser, from RFC 6455 5 / 8.1 and RFC 7692 6, in Python.
+
+    Returns (frames, masks, error): the complete frames as (fin, rsv, opcode,
+    payload), their mask keys, and error None or (close_code, at) with `at`
+    the length of the shortest prefix of data that is refused (the yimmo
+    parser checks a header when it is complete, UTF-8 on every byte, and a
+    text message's last character when its last frame ends). Rules are
+    checked in this order: length encoding, opcode, mask, RSV bits, control
+    frame rules, fragmentation, then the size cap.
+    """
+    rsv_allowed &= 0x70
+    frames, masks = [], []
+    in_msg, utf8, msg_len = False, None, 0
+    for pos, h, n, mask in ws_headers(data):
+        b0, b1 = data[pos], data[pos + 1]
+        at = pos + h
+
+        def err(code):
+            return frames, masks, (code, at)
+
+        if b1 & 0x7F == 126 and n < 126:
+            return err(1002)
+        if b1 & 0x7F == 127 and (n >> 63 or n < 65536):
+            return err(1002)
+        fin, rsv, op = b0 >> 7, b0 & 0x70, b0 & 0x0F
+        control = bool(op & 8)
+        if op not in WS_OPCODES:
+            return err(1002)
+        if require_mask and mask is None:
+            return err(1002)
+        if rsv & ~rsv_allowed:
+            return err(1002)
+        if rsv and (control or op == WS_CONT):
+            return err(1002)
+        if control:
+            if n > 125 or not fin:
+                return err(1002)
+        elif op == WS_CONT:
+            if not in_msg:
+                return err(1002)
+        else:
+            if in_msg:
+                return err(1002)
+            in_msg, msg_len = True, 0
+            utf8 = Utf8Ref() if op == WS_TEXT and not rsv & 0x40 else None
+        if not control and msg_len + n > max_message:
+            return err(1009)
+        avail = min(n, len(data) - at)
+        payload = ws_unmask(data[at:at + avail], mask)
+        if not control:
+            msg_len += avail
+            if utf8 is not None:
+                bad = utf8.feed(payload)
+                if bad is not None:
+                    return frames, masks, (1007, at + bad + 1)
+        if avail < n:
+            break
+        if not control and fin:
+            if utf8 is not None and not utf8.finish():
+                return frames, masks, (1007, at + n)
+            in_msg, utf8 = False, None
+        frames.append((fin, rsv >> 4, op, payload))
+        masks.append(mask)
+    return frames, masks, None
+
+
+def run_ws(data, **settings):
+    """parse_ws_frames -> (frames as tuples, consumed, None) or (None, None, code)."""
+    try:
+        frames, consumed = parse_ws_frames(data, **settings)
+    except ParseError as e:
+        expect(len(e.args) == 4 and isinstance(e.args[0], str) and e.args[2] == "websocket"
+               and e.args[1] == e.args[3] == e.status == e.code, "ws ParseError args", e.args)
+        expect(e.code in WS_CODES, "ws close code", e.args)
+        return None, None, e.code
+    expect(isinstance(frames, list) and isinstance(consumed, int), "ws result types", frames)
+    frames = [tuple(f) for f in frames]
+    for f in frames:
+        expect(len(f) == 4 and type(f[3]) is bytes, "ws frame shape", f)
+    return frames, consumed, None
+
+
+_WS_MAX_CHOICES = (WS_MAX, 0, 1, 10, 125, 126, 65535, (1 << 64) - 1)
+_WS_RSV_CHOICES = (0, 0x40, 0x70, 0x20)
+
+
+def decode_ws_frames_input(raw):
+    """ws_frames input: one settings byte, then the stream.
+
+    bit 0: require_mask=False; bits 1-2: rsv_allowed (0, 0x40, 0x70, 0x20);
+    bits 3-5: max_message (16 MiB, 0, 1, 10, 125, 126, 65535, 2**64-1);
+    bit 6: the stream's payloads are plain, the harness masks them
+    (ws_apply_masks) so the fuzzer need not.
+    """
+    if not raw:
+        return {}, b""
+    b = raw[0]
+    settings = {}
+    if b & 1:
+        settings["require_mask"] = False
+    if (b >> 1) & 3:
+        settings["rsv_allowed"] = _WS_RSV_CHOICES[(b >> 1) & 3]
+    if (b >> 3) & 7:
+        settings["max_message"] = _WS_MAX_CHOICES[(b >> 3) & 7]
+    data = bytes(raw[1:])
+    if b & 0x40:
+        data = ws_apply_masks(data)
+    return settings, data
+
+
+def encode_ws_frames_input(data, premask=False, require_mask=True, rsv_allowed=0,
+                           max_message=WS_MAX):
+    """The inverse of decode_ws_frames_input (for seeds); None if a setting
+    has no encoding."""
+    if rsv_allowed not in _WS_RSV_CHOICES or max_message not in _WS_MAX_CHOICES:
+        return None
+    b = (0 if require_mask else 1) | _WS_RSV_CHOICES.index(rsv_allowed) << 1
+    b |= _WS_MAX_CHOICES.index(max_message) << 3
+    if premask:
+        b |= 0x40
+        data = ws_apply_masks(data)
+    return bytes([b]) + data
+
+
+def check_ws_stream(data, settings):
+    """parse_ws_frames on data against ref_ws_frames, its prefixes, and the
+    frames re-serialized."""
+    frames, masks, ref_err = ref_ws_frames(data, **settings)
+    got, consumed, code = run_ws(data, **settings)
+    if ref_err is None:
+        expect(code is None, "ws: refused (%r) what the reference accepts" % (code,), frames)
+        expect(got == frames, "ws: frames differ from the reference", got, frames)
+        # Every byte is read: a partial header or payload at the end too.
+        expect(consumed == len(data), "ws: consumed", consumed, len(data))
+    else:
+        ref_code, at = ref_err
+        expect(code == ref_code, "ws: close code %r, the reference says %r at %d"
+               % (code, ref_code, at), data[:at])
+        # The shortest refused prefix is the reference's: the frames before
+        # the bad one come back from data[:at - 1], data[:at] is refused.
+        before, c_before, code_before = run_ws(data[:at - 1], **settings)
+        expect(code_before is None, "ws: data[:%d] refused (%r), the error is at byte %d"
+               % (at - 1, code_before, at))
+        expect(before == frames, "ws: frames before the error", before, frames)
+        expect(c_before == at - 1, "ws: consumed before the error", c_before, at - 1)
+        expect(run_ws(data[:at], **settings)[2] == ref_code,
+               "ws: data[:%d] not refused with %d" % (at, ref_code))
+    # Invariants on what came back, whatever the reference says.
+    end = 0
+    allowed = settings.get("rsv_allowed", 0) & 0x70
+    in_msg = False
+    for (fin, rsv, op, payload), mask in zip(frames, masks):
+        expect(op in WS_OPCODES, "ws: opcode", op)
+        expect(fin in (0, 1) and not (rsv << 4) & ~allowed, "ws: fin/rsv", fin, rsv)
+        if op & 8:
+            expect(len(payload) <= 125 and fin == 1, "ws: control frame", fin, len(payload))
+            expect(rsv == 0, "ws: rsv on a control frame", rsv)
+        else:
+            expect((op == WS_CONT) == in_msg, "ws: fragmentation", op, in_msg)
+            in_msg = not fin
+        end += len(ws_frame(op, payload, fin, rsv, mask))
+    if code is None:
+        expect(sum(len(f[3]) for f in got) <= consumed <= len(data), "ws: payloads vs consumed")
+        # Lengths are minimal, so the frames as sent are the only encoding.
+        again = b"".join(ws_frame(op, p, fin, rsv, m)
+                         for (fin, rsv, op, p), m in zip(got, masks))
+        expect(again == data[:end], "ws: frames re-serialized differ from the input",
+               again, data[:end])
+        # Masked with another key (or unmasked when allowed): the same frames.
+        key = b"\x00\x00\x00\x00" if settings.get("require_mask", True) else None
+        other = b"".join(ws_frame(op, p, fin, rsv, key or b"\xa5\x5a\x01\xff")
+                         for fin, rsv, op, p in got)
+        expect(run_ws(other, **settings) == (got, len(other), None),
+               "ws: the frames re-masked parse differently")
+        if key is None:
+            plain = b"".join(ws_frame(op, p, fin, rsv, None) for fin, rsv, op, p in got)
+            expect(run_ws(plain, **settings) == (got, len(plain), None),
+                   "ws: the frames unmasked parse differently")
+    return frames, ref_err
+
+
+def check_ws_frames(raw):
+    """ws_frames: raw stream (decode_ws_frames_input) against the reference,
+    and the prefix property at a few more cuts."""
+    settings, data = decode_ws_frames_input(raw)
+    frames, ref_err = check_ws_stream(data, settings)
+    cuts = {len(data) // 2, len(data) - 1, (raw[0] * 131 + len(data)) % (len(data) + 1)} if raw else set()
+    for pos, h, n, mask in list(ws_headers(data))[:6]:
+        cuts.update((pos + 1, pos + h - 1, pos + h + n // 2))
+    fail_at = ref_err[1] if ref_err else len(data) + 1
+    for k in sorted(c for c in cuts if 0 <= c <= len(data)):
+        got, consumed, code = run_ws(data[:k], **settings)
+        if code is not None:
+            expect(k >= fail_at and code == ref_err[0],
+                   "ws: data[:%d] refused with %d, the whole %r" % (k, code, ref_err))
+        else:
+            expect(k < fail_at, "ws: data[:%d] accepted, the whole refused at %d" % (k, fail_at))
+            expect(got == frames[:len(got)], "ws: data[:%d]: frames not a prefix of the whole's" % k,
+                   got, frames)
+            expect(consumed == k, "ws: data[:%d] consumed" % k, consumed)
+
+
+# -- UTF-8 (RFC 6455 8.1) --------------------------------------------------------
+
+
+def decode_utf8_input(raw):
+    """ws_utf8 input: byte 0 (bits 0-2: number of cuts; bit 3: a ping
+    before every continuation frame), 4 bytes of mask key, 2 bytes per cut
+    (big-endian, taken modulo len(text) + 1), then the text."""
+    raw = bytes(raw)
+    ncuts = raw[0] & 7 if raw else 0
+    pings = bool(raw[0] & 8) if raw else False
+    mask = (raw[1:5] + b"\0\0\0\0")[:4]
+    cut_bytes = raw[5:5 + 2 * ncuts]
+    text = raw[5 + 2 * ncuts:]
+    cuts = sorted(int.from_bytes(cut_bytes[i:i + 2], "big") % (len(text) + 1)
+                  for i in range(0, len(cut_bytes) - 1, 2))
+    return mask, cuts, pings, text
+
+
+def encode_utf8_input(text, cuts=(), pings=False, mask=b"\x37\xfa\x21\x3d"):
+    return bytes([len(cuts) | (8 if pings else 0)]) + mask + b"".join(
+        struct.pack(">H", c) for c in cuts) + text
+
+
+def _utf8_message(text, cuts, pings, mask):
+    """The frames carrying text as one message split at cuts; returns the
+    stream, the expected frames and the stream offset of each text piece."""
+    pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+    stream, frames, starts = b"", [], []
+    for i, p in enumerate(pieces):
+        if i and pings:
+            ping = b"p%d" % i
+            stream += ws_frame(WS_PING, ping, mask=mask)
+            frames.append((1, 0, WS_PING, ping))
+        fin = int(i == len(pieces) - 1)
+        op = WS_CONT if i else WS_TEXT
+        f = ws_frame(op, p, fin, mask=mask)
+        starts.append(len(stream) + len(f) - len(p))
+        stream += f
+        frames.append((fin, 0, op, p))
+    return stream, frames, pieces, starts
+
+
+def check_ws_utf8(raw):
+    """ws_utf8: a text message is accepted iff bytes.decode('utf-8') accepts
+    it, whole or split over fragments, and refused at its first invalid byte."""
+    mask, cuts, pings, text = decode_utf8_input(raw)
+    try:
+        text.decode("utf-8")
+        valid = True
+    except UnicodeDecodeError:
+        valid = False
+    for cs in ([], cuts):
+        stream, frames, pieces, starts = _utf8_message(text, cs, pings, mask)
+        ref = Utf8Ref()
+        at = None
+        for p, s in zip(pieces, starts):
+            bad = ref.feed(p)
+            if bad is not None:
+                at = s + bad + 1
+                break
+        if at is None and not ref.finish():
+            at = len(stream)  # ends inside a character: refused with the last frame
+        expect((at is None) == valid, "Utf8Ref disagrees with bytes.decode", text, at)
+        got, consumed, code = run_ws(stream)
+        if valid:
+            expect(code is None, "ws_utf8: valid text refused (%r), cuts %r" % (code, cs), text)
+            expect(got == frames and consumed == len(stream), "ws_utf8: frames", got, frames)
+            continue
+        expect(code == 1007, "ws_utf8: invalid text not refused with 1007 (%r), cuts %r"
+               % (code, cs), text)
+        before = run_ws(stream[:at - 1])
+        expect(before[2] is None, "ws_utf8: refused before the first invalid byte (offset %d), "
+               "cuts %r" % (at - 1, cs), text)
+        expect(run_ws(stream[:at])[2] == 1007, "ws_utf8: not refused at the first invalid byte "
+               "(offset %d), cuts %r" % (at - 1, cs), text)
+        expect(before[0] == frames[:len(before[0])], "ws_utf8: frames before the error", before[0])
+
+
+# -- permessage-deflate (RFC 7692 7.2.2) ------------------------------------------
+
+
+def _zlib_inflate(pieces, max_size):
+    """Python's zlib over the pieces, as yimmo's loop stops: 1007 on a zlib
+    error or payload bytes after a final block, 1009 once max_size + 1 bytes
+    are out (checked after each piece), else ("ok", bytes) at a final block
+    or ("open", bytes) when all was read without one."""
+    d = zlib.decompressobj(-15)
+    limit = max_size + 1 if max_size < (1 << 62) else 0
+    out = b""
+    for i, piece in enumerate(pieces):
+        try:
+            out += d.decompress(piece, limit and limit - len(out))
+        except zlib.error:
+            return 1007, None
+        if d.eof:
+            # Only what is left of the tail may follow a final block.
+            if len(d.unused_data) + sum(len(p) for p in pieces[i + 1:]) > len(DEFLATE_TAIL):
+                return 1007, None
+            break
+        if len(out) > max_size:
+            return 1009, None
+    if len(out) > max_size:
+        return 1009, None
+    return ("ok" if d.eof else "open"), out
+
+
+def ref_inflate(data, max_size):
+    """What inflate_ws_message may answer for data, from Python's zlib on
+    data + 00 00 FF FF: a list of verdicts, each ("ok", bytes), (1007, None),
+    (1009, None) or ("open", bytes) when every byte was read but Python
+    cannot tell whether the stream stopped between blocks (yimmo answers the
+    bytes if it did, 1007 if the message was cut inside a block).
+
+    A message both corrupt and too big may be refused either way: zlib is
+    run on the input in one piece, and in yimmo's two (data, then the tail,
+    so the cap may be hit before the tail shows the corruption).
+    """
+    if not data:
+        return [("ok", b"")]  # RFC 7692 7.2.3.6: an empty payload is an empty message
+    data = bytes(data)
+    return [_zlib_inflate([data + DEFLATE_TAIL], max_size),
+            _zlib_inflate([data, DEFLATE_TAIL], max_size)]
+
+
+def run_inflate(data, **kw):
+    try:
+        out = inflate_ws_message(data, **kw)
+    except ParseError as e:
+        expect(len(e.args) == 4 and e.args[2] == "websocket"
+               and e.args[1] == e.args[3] == e.code, "inflate ParseError args", e.args)
+        expect(e.code in (1007, 1009), "inflate close code", e.args)
+        return e.code
+    expect(type(out) is bytes, "inflate result type", type(out))
+    return out
+
+
+_INFLATE_MAX = ("default", "small", "len", "len-1", 0, (1 << 64) - 1, 1, "2len")
+_STRATEGIES = (zlib.Z_DEFAULT_STRATEGY, zlib.Z_FILTERED, zlib.Z_HUFFMAN_ONLY, zlib.Z_RLE,
+               zlib.Z_FIXED)
+
+
+def decode_inflate_input(raw):
+    """ws_inflate input: 4 bytes of settings, then the data.
+
+    byte 0: bit 0 valid mode (the data is a payload deflated here, else the
+    data is inflated as it is); bits 1-3 max_size (16 MiB, byte 2, the
+    payload's length, length - 1, 0, 2**64-1, 1, twice the length; the
+    "length" ones are the data's in random mode); bit 4 context takeover
+    kept; bit 5 end with a final block (Z_FINISH) instead of a sync flush;
+    bit 6 flush with Z_FULL_FLUSH between pieces.
+    byte 1: level (% 10), strategy (// 10 % 5). byte 2: small max_size;
+    the low 3 bits of wbits (-9..-15), pieces (bits 3-5).
+    byte 3: repeat the payload this many times more (at most 256 KiB).
+    """
+    raw = bytes(raw)
+    head, data = (raw[:4] + b"\0\0\0\0")[:4], raw[4:]
+    b0, b1, b2, b3 = head
+    mode = {
+        "valid": bool(b0 & 1),
+        "no_context_takeover": not b0 & 0x10,
+        "finish": bool(b0 & 0x20),
+        "flush": zlib.Z_FULL_FLUSH if b0 & 0x40 else zlib.Z_SYNC_FLUSH,
+        "level": b1 % 10,
+        "strategy": _STRATEGIES[b1 // 10 % 5],
+        "wbits": -(9 + (b2 & 7) % 7),
+        "pieces": 1 + (b2 >> 3 & 7),
+    }
+    if mode["valid"] and data:
+        data = data * min(1 + b3, max(1, (256 << 10) // len(data)))
+    choice = _INFLATE_MAX[b0 >> 1 & 7]
+    n = len(data)
+    mode["max_size"] = {"default": WS_MAX, "small": b2, "len": n, "len-1": max(0, n - 1),
+                        "2len": 2 * n}.get(choice, choice)
+    return mode, data
+
+
+def deflate_message(payload, wbits=-15, level=6, strategy=zlib.Z_DEFAULT_STRATEGY,
+                    pieces=1, flush=zlib.Z_SYNC_FLUSH, finish=False):
+    """What a permessage-deflate sender makes of payload (RFC 7692 7.2.1):
+    raw DEFLATE, flushed, the 00 00 FF FF tail removed; finish: ended with a
+    final block instead (7.2.3.3)."""
+    c = zlib.compressobj(level, zlib.DEFLATED, wbits, 8, strategy)
+    step = max(1, -(-len(payload) // pieces))
+    out = []
+    for i in range(0, len(payload), step):
+        out.append(c.compress(payload[i:i + step]))
+        if i + step < len(payload):
+            out.append(c.flush(flush))
+    out.append(c.flush(zlib.Z_FINISH if finish else zlib.Z_SYNC_FLUSH))
+    msg = b"".join(out)
+    if not finish:
+        expect(msg.endswith(DEFLATE_TAIL), "zlib sync flush without its tail", msg[-8:])
+        msg = msg[:-4]
+    return msg
+
+
+def check_ws_inflate(raw):
+    """ws_inflate: zlib-made messages round-trip under the cap (1009 over
+    it); any bytes give what Python's zlib gives, or 1007/1009, never more
+    than max_size bytes."""
+    mode, data = decode_inflate_input(raw)
+    max_size = mode["max_size"]
+    kw = {"max_size": max_size, "no_context_takeover": mode["no_context_takeover"]}
+    if mode["valid"]:
+        msg = deflate_message(data, mode["wbits"], mode["level"], mode["strategy"],
+                              mode["pieces"], mode["flush"], mode["finish"])
+        got = run_inflate(msg, **kw)
+        if len(data) <= max_size:
+            expect(got == data, "inflate: a zlib-made message does not round-trip",
+                   mode, msg, got if isinstance(got, int) else len(got))
+        else:
+            expect(got == 1009, "inflate: %d bytes over max_size %d not refused with 1009"
+                   % (len(data), max_size), got if isinstance(got, int) else len(got))
+        data = msg  # and the same bytes through the differential below
+    got = run_inflate(data, **kw)
+    if isinstance(got, bytes):
+        expect(len(got) <= max_size, "inflate: output over max_size", len(got), max_size)
+    verdicts = ref_inflate(data, max_size)
+    ok = False
+    for verdict, out in verdicts:
+        if verdict == "ok":
+            ok = ok or got == out
+        elif verdict == "open":
+            ok = ok or got == out or got == 1007
+        else:
+            ok = ok or got == verdict
+    expect(ok, "inflate: zlib says %r, yimmo %r" % (
+        [(v, o if o is None else len(o)) for v, o in verdicts],
+        got if isinstance(got, int) else "%d bytes" % len(got)), data, max_size)

@@ -24,6 +24,9 @@ CHECKS = {
     "http_chunked": checks.check_chunked,
     "http_split": checks.check_split,
     "http_h11_diff": checks.check_h11,
+    "ws_frames": checks.check_ws_frames,
+    "ws_utf8": checks.check_ws_utf8,
+    "ws_inflate": checks.check_ws_inflate,
 }
 
 

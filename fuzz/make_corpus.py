@@ -4,7 +4,10 @@
 
 Deterministic (fixed seed, files named by the SHA-1 of their bytes), so a
 rerun changes nothing unless the cases did. Seeds are small and varied: every
-parser case, a few pipelines of valid ones, and hand-written chunked bodies.
+parser case, a few pipelines of valid ones, and hand-written chunked bodies;
+for WebSocket every case of tests/test_ws_frames.py (as sent and with plain
+payloads), text around the UTF-8 boundaries whole and split, and messages
+deflated by zlib, as they are and corrupted.
 """
 import hashlib
 import os
@@ -17,8 +20,21 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from checks import _LIMIT_CHOICES, CHUNKED_HEAD  # noqa: E402
+import zlib  # noqa: E402
+
+from checks import (_LIMIT_CHOICES, CHUNKED_HEAD, deflate_message,  # noqa: E402
+                    encode_utf8_input, encode_ws_frames_input, ws_frame)
 from test_parser import CASES  # noqa: E402
+from test_ws_frames import CASES as WS_CASES  # noqa: E402
+
+UTF8_TEXTS = [
+    b"", b"Hello, world", "κόσμε".encode(), "\U0001F600 \U0010FFFF \u20ac".encode(),
+    b"\xc2\x80\xdf\xbf\xe0\xa0\x80\xed\x9f\xbf\xee\x80\x80\xef\xbf\xbf\xf0\x90\x80\x80\xf4\x8f\xbf\xbf",
+    b"abcdefgh" * 3 + "é".encode(),
+    b"ab\xffcd", b"\x80", b"a\xc0\x80", b"\xe0\x80\xaf", b"x\xed\xa0\x80", b"\xed\xbf\xbf",
+    b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xce" + b"x", b"ab\xce", b"\xf0\x90\x80",
+    b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited", b"abcdefg\xc1\xbf",
+]
 
 CHUNKED_EXTRA = [
     b"0\r\n\r\n",
@@ -49,6 +65,41 @@ def split_input(limits, data, cuts):
     return head + b"".join(struct.pack(">H", c) for c in cuts) + data
 
 
+def ws_seeds(rng):
+    for c in WS_CASES:
+        if len(c.data) > 4000:
+            continue
+        for premask in (False, True):
+            raw = encode_ws_frames_input(c.data, premask=premask, **c.settings)
+            if raw is not None:
+                write("ws_frames", raw)
+    for text in UTF8_TEXTS:
+        write("ws_utf8", encode_utf8_input(text))
+        for n in (1, 2, 3):
+            cuts = sorted(rng.randint(0, len(text)) for _ in range(n))
+            write("ws_utf8", encode_utf8_input(text, cuts, pings=n == 2))
+    texts = [b"", b"a", b"Hello, world", b"abcabcabcabcabcabc", bytes(range(256)),
+             "κόσμε ".encode() * 20, b"\0" * 300]
+    for i, text in enumerate(texts):
+        # byte 0: valid mode, max_size choice, takeover, finish, full flush
+        b0 = 1 | (i % 8) << 1 | (0x10 if i & 1 else 0) | (0x20 if i == 3 else 0)
+        b0 |= 0x40 if i == 4 else 0
+        head = bytes([b0, (i * 13) % 50, (i * 37) % 256, i % 3])
+        write("ws_inflate", head + text)
+        msg = deflate_message(text, -(9 + i % 7), (i * 3) % 10, pieces=1 + i % 3)
+        random_head = bytes([(i % 8) << 1, 0, 200, 0])
+        write("ws_inflate", random_head + msg)
+        if len(msg) > 2:
+            cut = msg[:len(msg) // 2]
+            flip = bytearray(msg)
+            flip[len(msg) // 3] ^= 0x5A
+            write("ws_inflate", random_head + cut)
+            write("ws_inflate", random_head + bytes(flip))
+            write("ws_inflate", random_head + msg + b"\x00")
+        fin = zlib.compressobj(9, zlib.DEFLATED, -15)
+        write("ws_inflate", random_head + fin.compress(text) + fin.flush())
+
+
 def main():
     rng = random.Random(7)
     plain = [c for c in CASES if not c.limits]
@@ -71,7 +122,9 @@ def main():
         write("http_request", data)
         write("http_h11_diff", data)
         write("http_split", split_input({}, data, sorted(rng.sample(range(len(data)), 3))))
-    for t in ("http_request", "http_chunked", "http_split", "http_h11_diff"):
+    ws_seeds(rng)
+    for t in ("http_request", "http_chunked", "http_split", "http_h11_diff",
+              "ws_frames", "ws_utf8", "ws_inflate"):
         d = os.path.join(HERE, "corpus", t)
         print("%-14s %4d seeds" % (t, len(os.listdir(d))))
 

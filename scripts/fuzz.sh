@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Fuzzing on the instrumented build (fuzz/README.md).
 #
-#   scripts/fuzz.sh ci [SECONDS]     every harness for SECONDS (default 40), then
-#                                    what it found replayed with leak checks;
-#                                    fails on a crash, sanitizer report, leak,
-#                                    timeout or broken invariant, printing the
-#                                    reproducer. About 4 minutes in all.
+#   scripts/fuzz.sh ci [SECONDS]     every harness (4 HTTP, 3 WebSocket) for
+#                                    SECONDS (default 30), then what it found
+#                                    replayed with leak checks; fails on a
+#                                    crash, sanitizer report, leak, timeout or
+#                                    broken invariant, printing the reproducer.
+#                                    About 5 minutes in all.
 #   scripts/fuzz.sh TARGET [ARGS]    same as fuzz/run.sh TARGET [ARGS]
 #
 # Needs clang and libclang-rt-14-dev (Debian 12), and atheris and h11 in the
@@ -19,14 +20,14 @@ if [ -z "${PY:-}" ]; then
     if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
 fi
 export PY
-TARGETS=(http_request http_chunked http_split http_h11_diff)
+TARGETS=(http_request http_chunked http_split http_h11_diff ws_frames ws_utf8 ws_inflate)
 
 "$PY" -c 'import atheris, h11' 2>/dev/null \
     || "$PY" -m pip -q --disable-pip-version-check install atheris h11
 
 case "${1:-}" in
 ci)
-    seconds="${2:-40}"
+    seconds="${2:-30}"
     # A fresh corpus each run: CI starts from the committed seeds.
     export YIMMO_FUZZ_OUT="$ROOT/build/fuzz-ci"
     rm -rf "$YIMMO_FUZZ_OUT/corpus" "$YIMMO_FUZZ_OUT/artifacts"
@@ -55,7 +56,7 @@ ci)
     echo "scripts/fuzz.sh: ${#TARGETS[@]} harnesses, ${seconds}s each: no crash, leak or broken invariant" >&2
     ;;
 ""|-h|--help)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     ;;
 *)
     exec fuzz/run.sh "$@"
