@@ -725,8 +725,7 @@ static int name_is(const char *name, size_t nlen, const char *lower)
     return 1;
 }
 
-/* True when list (a comma-separated header value) holds token. */
-static int has_token(const char *v, size_t len, const char *token)
+int ymo_http_has_token(const char *v, size_t len, const char *token)
 {
     size_t tl = strlen(token);
     size_t i = 0;
@@ -812,7 +811,7 @@ int ymo_http_response_header(ymo_conn_t *c, const char *name, size_t nlen,
     if (bad < 0)
         return bad;
     if (name_is(name, nlen, "connection")) {
-        if (has_token(value, vlen, "close"))
+        if (ymo_http_has_token(value, vlen, "close"))
             r->flags |= YMO_RESP_CLOSE;
         return 0;
     }

@@ -139,6 +139,62 @@ static int ws_live(YmoWebSocketObject *ws)
     return 0;
 }
 
+/* What send() was given, as bytes to frame: a received WSMessage as it
+ * came (its type, no copy), str as text (UTF-8), bytes and other buffers as
+ * binary. *owner is a new reference that keeps the bytes alive. */
+static int payload_of(ymo_py_state *st, PyObject *data, PyObject **owner, const char **p,
+                      Py_ssize_t *n, int *opcode)
+{
+    if (Py_IS_TYPE(data, st->wsmessage_type)) {
+        YmoWSMessageObject *m = (YmoWSMessageObject *)data;
+        *owner = Py_NewRef(data);
+        *opcode = m->opcode;
+        *p = (const char *)m->data;
+        *n = m->len;
+        return 0;
+    }
+    if (PyUnicode_Check(data)) {
+        *owner = PyUnicode_AsUTF8String(data);
+        *opcode = YMO_WS_TEXT;
+    } else if (PyBytes_Check(data)) {
+        *owner = Py_NewRef(data);
+        *opcode = YMO_WS_BINARY;
+    } else if (PyObject_CheckBuffer(data)) {
+        *owner = PyBytes_FromObject(data);
+        *opcode = YMO_WS_BINARY;
+    } else {
+        PyErr_Format(PyExc_TypeError, "data must be str or bytes, not %.100s",
+                     Py_TYPE(data)->tp_name);
+        return -1;
+    }
+    if (*owner == NULL)
+        return -1;
+    *p = PyBytes_AS_STRING(*owner);
+    *n = PyBytes_GET_SIZE(*owner);
+    return 0;
+}
+
+/* close(code=1000, reason='') arguments, checked (RFC 6455 7.4). */
+static int close_args(PyObject *args, PyObject *kw, int *code, const char **reason, Py_ssize_t *rlen)
+{
+    static char *kwlist[] = {"code", "reason", NULL};
+    *code = YMO_WS_NORMAL;
+    *reason = "";
+    *rlen = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|is#:close", kwlist, code, reason, rlen))
+        return -1;
+    int c = *code;
+    if (!((c >= 1000 && c <= 1003) || (c >= 1007 && c <= 1014) || (c >= 3000 && c <= 4999))) {
+        PyErr_Format(PyExc_ValueError, "close code %d is not one an endpoint may send", c);
+        return -1;
+    }
+    if (*rlen > 123) {
+        PyErr_SetString(PyExc_ValueError, "the close reason is at most 123 bytes in UTF-8");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *ws_send(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"data", "fin", NULL};
@@ -150,35 +206,10 @@ static PyObject *ws_send(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
         return NULL;
     PyObject *owner;
     int opcode;
-    const char *ptr = NULL;
-    Py_ssize_t plen = 0;
-    if (Py_IS_TYPE(data, ws->server->st->wsmessage_type)) {
-        /* Echo a received message as it is: no copy, same type. */
-        YmoWSMessageObject *m = (YmoWSMessageObject *)data;
-        owner = Py_NewRef(data);
-        opcode = m->opcode;
-        ptr = (const char *)m->data;
-        plen = m->len;
-    } else if (PyUnicode_Check(data)) {
-        owner = PyUnicode_AsUTF8String(data);
-        opcode = YMO_WS_TEXT;
-    } else if (PyBytes_Check(data)) {
-        owner = Py_NewRef(data);
-        opcode = YMO_WS_BINARY;
-    } else if (PyObject_CheckBuffer(data)) {
-        owner = PyBytes_FromObject(data);
-        opcode = YMO_WS_BINARY;
-    } else {
-        PyErr_Format(PyExc_TypeError, "data must be str or bytes, not %.100s",
-                     Py_TYPE(data)->tp_name);
+    const char *ptr;
+    Py_ssize_t plen;
+    if (payload_of(ws->server->st, data, &owner, &ptr, &plen, &opcode) < 0)
         return NULL;
-    }
-    if (owner == NULL)
-        return NULL;
-    if (ptr == NULL) {
-        ptr = PyBytes_AS_STRING(owner);
-        plen = PyBytes_GET_SIZE(owner);
-    }
     /* The first fragment names the message's type; the rest continue it. */
     if (ws->close_code == -1)
         opcode = YMO_WS_CONT;
@@ -232,21 +263,11 @@ static PyObject *ws_ping(YmoWebSocketObject *ws, PyObject *const *args, Py_ssize
 
 static PyObject *ws_close(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"code", "reason", NULL};
-    int code = YMO_WS_NORMAL;
-    const char *reason = "";
-    Py_ssize_t rlen = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|is#:close", kwlist, &code, &reason, &rlen))
+    int code;
+    const char *reason;
+    Py_ssize_t rlen;
+    if (close_args(args, kw, &code, &reason, &rlen) < 0)
         return NULL;
-    if (!((code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014)
-          || (code >= 3000 && code <= 4999))) {
-        PyErr_Format(PyExc_ValueError, "close code %d is not one an endpoint may send", code);
-        return NULL;
-    }
-    if (rlen > 123) {
-        PyErr_SetString(PyExc_ValueError, "the close reason is at most 123 bytes in UTF-8");
-        return NULL;
-    }
     if (ws->conn != NULL && !ws->closing && !(ws->conn->flags & YMO_CONN_CLOSED))
         ymo_ws_close(ws->conn, code, reason, (size_t)rlen);
     ws->closing = 1;
@@ -723,24 +744,12 @@ static PyObject *sync_send(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *
         return NULL;
     if (sync_live(w, 1) < 0)
         return NULL;
-    int opcode = PyUnicode_Check(data) ? YMO_WS_TEXT : YMO_WS_BINARY;
     PyObject *b;
     const char *ptr;
     Py_ssize_t plen;
-    if (Py_IS_TYPE(data, w->server->st->wsmessage_type)) {
-        /* A received message goes back as it came: same type, no copy. */
-        YmoWSMessageObject *m = (YmoWSMessageObject *)data;
-        b = Py_NewRef(data);
-        opcode = m->opcode;
-        ptr = (const char *)m->data;
-        plen = m->len;
-    } else {
-        b = PyUnicode_Check(data) ? PyUnicode_AsUTF8String(data) : PyBytes_FromObject(data);
-        if (b == NULL)
-            return NULL;
-        ptr = PyBytes_AS_STRING(b);
-        plen = PyBytes_GET_SIZE(b);
-    }
+    int opcode;
+    if (payload_of(w->server->st, data, &b, &ptr, &plen, &opcode) < 0)
+        return NULL;
     int r;
     YMO_BLOCKING(w->server, r = ymo_ws_sync_send(w->conn, w->ws, opcode, ptr, (size_t)plen, fin));
     Py_DECREF(b);
@@ -753,11 +762,10 @@ static PyObject *sync_send(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *
 
 static PyObject *sync_close(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"code", "reason", NULL};
-    int code = YMO_WS_NORMAL;
-    const char *reason = "";
-    Py_ssize_t rlen = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|is#:close", kwlist, &code, &reason, &rlen))
+    int code;
+    const char *reason;
+    Py_ssize_t rlen;
+    if (close_args(args, kw, &code, &reason, &rlen) < 0)
         return NULL;
     if (sync_live(w, 1) < 0)
         return NULL;

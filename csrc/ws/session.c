@@ -78,23 +78,6 @@ static const ymo_http_header_t *find(const ymo_http_parser_t *p, const char *bas
     return found;
 }
 
-static int has_token(const char *v, size_t len, const char *token)
-{
-    size_t tl = strlen(token), i = 0;
-    while (i < len) {
-        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-            i++;
-        size_t start = i;
-        while (i < len && v[i] != ',')
-            i++;
-        size_t end = i;
-        while (end > start && (v[end - 1] == ' ' || v[end - 1] == '\t'))
-            end--;
-        if (end - start == tl && strncasecmp(v + start, token, tl) == 0)
-            return 1;
-    }
-    return 0;
-}
 
 int ymo_ws_check_request(ymo_conn_t *c, ymo_ws_request_t *req)
 {
@@ -102,7 +85,7 @@ int ymo_ws_check_request(ymo_conn_t *c, ymo_ws_request_t *req)
     const ymo_http_parser_t *p = ymo_http_request(c, &base);
     int n;
     const ymo_http_header_t *up = find(p, base, "upgrade", &n);
-    if (up == NULL || !has_token(base + up->value.off, up->value.len, "websocket"))
+    if (up == NULL || !ymo_http_has_token(base + up->value.off, up->value.len, "websocket"))
         return 1;
     memset(req, 0, sizeof(*req));
     /* RFC 6455 4.2.1: GET, HTTP/1.1, Connection: Upgrade, a 16-byte key. */

@@ -56,6 +56,10 @@ int ymo_http_check_field(const char *name, size_t nlen, const char *value, size_
 /* The response being written on c. */
 ymo_http_response_t *ymo_http_response(ymo_conn_t *c);
 
+/* True when a comma-separated header value holds token (case-insensitive,
+ * RFC 9110 5.6.1 lists). */
+int ymo_http_has_token(const char *value, size_t len, const char *token);
+
 /* Queue the status line, with the standard reason phrase. */
 int ymo_http_response_begin(ymo_conn_t *c, int status);
 /* Queue the status line with the caller's reason phrase (checked: no CR,
