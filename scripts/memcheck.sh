@@ -41,6 +41,7 @@ VALGRIND_TESTS=(
     tests/test_server_errors.py
     tests/test_wsgi.py
     tests/test_hardening.py
+    tests/test_tls.py
 )
 
 case "${1:-}" in

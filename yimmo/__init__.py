@@ -1,6 +1,6 @@
 """yimmo: a fast HTTP/1.1, WebSocket and WSGI server with a C core on libev."""
 from ._yimmo import (Exchange, Headers, ParseError, Server, WebSocket, WSGIServer, WSMessage,
-                     __version__)
+                     check_tls, __version__)
 
 __all__ = ["Exchange", "Headers", "ParseError", "Server", "WSGIServer", "WebSocket", "WSMessage",
-           "__version__"]
+           "check_tls", "__version__"]

@@ -5,4 +5,5 @@ from ._yimmo import Server as Server
 from ._yimmo import WebSocket as WebSocket
 from ._yimmo import WSGIServer as WSGIServer
 from ._yimmo import WSMessage as WSMessage
+from ._yimmo import check_tls as check_tls
 from ._yimmo import __version__ as __version__

@@ -214,6 +214,15 @@ drop:
  * carried out at check-in, on the loop thread. */
 #define CHECKED_OUT(c) ((c)->flags & YMO_CONN_CHECKED_OUT)
 
+/* Input the transport has already taken from the socket (a decrypted
+ * record) raises no readiness event: deliver it in the next iteration. */
+static void feed_pending(ymo_conn_t *c)
+{
+    if (c->transport->pending != NULL && (c->flags & YMO_CONN_READING)
+        && c->transport->pending(c) > 0)
+        ev_feed_event(c->server->loop, &c->rio, EV_READ);
+}
+
 void ymo_conn_read_start(ymo_conn_t *c)
 {
     if (CHECKED_OUT(c))
@@ -221,6 +230,7 @@ void ymo_conn_read_start(ymo_conn_t *c)
     if (!(c->flags & (YMO_CONN_READING | YMO_CONN_CLOSED | YMO_CONN_EOF))) {
         ev_io_start(c->server->loop, &c->rio);
         c->flags |= YMO_CONN_READING;
+        feed_pending(c);
     }
 }
 
@@ -229,7 +239,9 @@ void ymo_conn_read_stop(ymo_conn_t *c)
     if (CHECKED_OUT(c))
         return;
     if (c->flags & YMO_CONN_READING) {
-        ev_io_stop(c->server->loop, &c->rio);
+        /* A write that waits for input keeps the watcher. */
+        if (!(c->flags & YMO_CONN_WRITE_WANTS_READ))
+            ev_io_stop(c->server->loop, &c->rio);
         c->flags &= ~YMO_CONN_READING;
     }
 }
@@ -268,6 +280,17 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
     ymo_conn_t *c = ymo_container_of(w, ymo_conn_t, rio);
     ymo_server_t *s = c->server;
 
+    if (c->flags & YMO_CONN_WRITE_WANTS_READ) {
+        /* The transport's write waited for this input (TLS). */
+        c->flags &= ~YMO_CONN_WRITE_WANTS_READ;
+        if (!(c->flags & YMO_CONN_READING))
+            ev_io_stop(loop, &c->rio);
+        ymo_conn_flush(c);
+        if (c->flags & YMO_CONN_CLOSED)
+            return;
+        if (!(c->flags & YMO_CONN_READING))
+            return;
+    }
     if (c->flags & YMO_CONN_LINGERING) {
         linger_read(c);
         return;
@@ -288,8 +311,11 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
                 break;
             continue;
         }
-        if (n == -EAGAIN)
+        if (n == -EAGAIN) {
+            if (c->flags & YMO_CONN_READ_WANTS_WRITE)
+                ev_io_start(loop, &c->wio);
             break;
+        }
         /* EOF or a failed read: let the protocol see what arrived first. */
         if (got)
             c->proto->on_data(c);
@@ -304,6 +330,8 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         c->proto->on_data(c);
     else
         ymo_conn_release_input(c);
+    if (!(c->flags & YMO_CONN_CLOSED))
+        feed_pending(c);
 }
 
 /* --- Output ------------------------------------------------------------ */
@@ -336,7 +364,10 @@ int ymo_conn_flush(ymo_conn_t *c)
         if (w >= 0)
             continue;
         if (w == -EAGAIN) {
-            if (!(c->flags & YMO_CONN_WRITING)) {
+            if (c->flags & YMO_CONN_WRITE_WANTS_READ) {
+                /* Not writable until input arrives: on_read flushes. */
+                ev_io_start(s->loop, &c->rio);
+            } else if (!(c->flags & YMO_CONN_WRITING)) {
                 ev_io_start(s->loop, &c->wio);
                 c->flags |= YMO_CONN_WRITING;
             }
@@ -372,7 +403,17 @@ void ymo_conn_close_after_flush(ymo_conn_t *c)
 
 static void on_write(struct ev_loop *loop, ev_io *w, int revents)
 {
-    ymo_conn_flush(ymo_container_of(w, ymo_conn_t, wio));
+    ymo_conn_t *c = ymo_container_of(w, ymo_conn_t, wio);
+    if (c->flags & YMO_CONN_READ_WANTS_WRITE) {
+        /* The transport's read waited for this (TLS). */
+        c->flags &= ~YMO_CONN_READ_WANTS_WRITE;
+        if (!(c->flags & YMO_CONN_WRITING))
+            ev_io_stop(loop, w);
+        on_read(loop, &c->rio, EV_READ);
+        if ((c->flags & YMO_CONN_CLOSED) || !(c->flags & YMO_CONN_WRITING))
+            return;
+    }
+    ymo_conn_flush(c);
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -453,7 +494,9 @@ int ymo_conn_flush_sync(ymo_conn_t *c, double timeout)
             continue;
         if (w != -EAGAIN)
             return (int)w;
-        int r = poll_one(c->server, c->fd, POLLOUT, timeout);
+        short ev = (c->flags & YMO_CONN_WRITE_WANTS_READ) ? POLLIN : POLLOUT;
+        c->flags &= ~YMO_CONN_WRITE_WANTS_READ;
+        int r = poll_one(c->server, c->fd, ev, timeout);
         if (r < 0)
             return r;
     }
@@ -478,7 +521,9 @@ int ymo_conn_read_sync(ymo_conn_t *c, double timeout)
         }
         if (n != -EAGAIN)
             return (int)n;
-        int r = poll_one(c->server, c->fd, POLLIN, timeout);
+        short ev = (c->flags & YMO_CONN_READ_WANTS_WRITE) ? POLLOUT : POLLIN;
+        c->flags &= ~YMO_CONN_READ_WANTS_WRITE;
+        int r = poll_one(c->server, c->fd, ev, timeout);
         if (r < 0)
             return r;
     }
@@ -539,6 +584,9 @@ void ymo_conn_close(ymo_conn_t *c)
     ev_io_stop(s->loop, &c->rio);
     ev_io_stop(s->loop, &c->wio);
     ev_timer_stop(s->loop, &c->timer);
+    if (c->transport->free != NULL)
+        c->transport->free(c);
+    c->transport = &ymo__plain_transport;
     close(c->fd);
     c->fd = -1;
     if (c->proto != NULL && c->proto->on_close != NULL)

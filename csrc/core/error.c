@@ -49,6 +49,9 @@ static const err_info errors[ERR_COUNT] = {
     E(YMO_E_CLOSED, "connection closed"),
     E(YMO_E_TIMEOUT, "timed out"),
     E(YMO_E_STATE, "operation not valid in this state"),
+    E(YMO_E_TLS_CONFIG, "invalid TLS configuration"),
+    E(YMO_E_TLS, "TLS handshake or record failed"),
+    E(YMO_E_TLS_PLAINTEXT, "plain HTTP sent to a TLS port"),
 };
 
 static const err_info *lookup(int err)

@@ -15,12 +15,14 @@
 #include <unistd.h>
 
 #include "core/core_internal.h"
+#include "yimmo/tls.h"
 
 struct ymo_listener_s {
     ev_io io;
     ev_timer retry;             /* accept paused after EMFILE */
     int fd;
     struct sockaddr_storage addr;   /* what getsockname() said */
+    unsigned flags;                 /* enum ymo_listen_flags */
     ymo_server_t *server;
     ymo_listener_t *next;
 };
@@ -235,10 +237,20 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         }
         ymo_conn_t *c = ymo__conn_new(s, fd, (struct sockaddr *)&ss, len);
-        if (c == NULL)
+        if (c == NULL) {
             ymo__log(s, YMO_LOG_ERROR, "out of memory accepting a connection");
-        else
-            c->local = &l->addr;
+            continue;
+        }
+        c->local = &l->addr;
+        if (l->flags & YMO_LISTEN_TLS) {
+            pthread_mutex_lock(&s->tls_lock);
+            int r = s->tls != NULL ? ymo_tls_attach(c, s->tls) : YMO_E_STATE;
+            pthread_mutex_unlock(&s->tls_lock);
+            if (r < 0) {
+                ymo__log(s, YMO_LOG_ERROR, "TLS for a new connection: %s", ymo_strerror(r));
+                ymo_conn_close(c);
+            }
+        }
     }
 }
 
@@ -249,12 +261,13 @@ static void on_accept_retry(struct ev_loop *loop, ev_timer *w, int revents)
         ev_io_start(loop, &l->io);
 }
 
-static int add_listener(ymo_server_t *s, int fd)
+static int add_listener(ymo_server_t *s, int fd, unsigned flags)
 {
     ymo_listener_t *l = calloc(1, sizeof(*l));
     if (l == NULL)
         return YMO_E_NOMEM;
     l->fd = fd;
+    l->flags = flags;
     l->server = s;
     socklen_t alen = sizeof(l->addr);
     if (getsockname(fd, (struct sockaddr *)&l->addr, &alen) < 0)
@@ -269,7 +282,7 @@ static int add_listener(ymo_server_t *s, int fd)
     return 0;
 }
 
-int ymo_server_listen(ymo_server_t *s, const char *host, int port, int reuse_port)
+int ymo_server_listen(ymo_server_t *s, const char *host, int port, unsigned flags)
 {
     struct addrinfo hints = {0}, *res = NULL;
     char portstr[16];
@@ -291,7 +304,7 @@ int ymo_server_listen(ymo_server_t *s, const char *host, int port, int reuse_por
         }
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (reuse_port)
+        if (flags & YMO_LISTEN_REUSEPORT)
             setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
         if (ai->ai_family == AF_INET6)
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
@@ -300,7 +313,7 @@ int ymo_server_listen(ymo_server_t *s, const char *host, int port, int reuse_por
             close(fd);
             continue;
         }
-        err = add_listener(s, fd);
+        err = add_listener(s, fd, flags);
         if (err < 0)
             close(fd);
         break;
@@ -309,7 +322,7 @@ int ymo_server_listen(ymo_server_t *s, const char *host, int port, int reuse_por
     return err;
 }
 
-int ymo_server_listen_fd(ymo_server_t *s, int fd)
+int ymo_server_listen_fd(ymo_server_t *s, int fd, unsigned flags)
 {
     int type = 0;
     socklen_t tl = sizeof(type);
@@ -326,7 +339,7 @@ int ymo_server_listen_fd(ymo_server_t *s, int fd)
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
         return -errno;
-    return add_listener(s, fd);
+    return add_listener(s, fd, flags);
 }
 
 int ymo_server_address(ymo_server_t *s, struct sockaddr_storage *ss, socklen_t *len)
@@ -488,6 +501,7 @@ int ymo_server_init(ymo_server_t *s, const ymo_server_config_t *cfg,
     ev_unref(s->loop);
     ev_init(&s->stop_timer, on_stop_timeout);
     pthread_mutex_init(&s->checkin_lock, NULL);
+    pthread_mutex_init(&s->tls_lock, NULL);
     ev_async_init(&s->checkin_async, on_checkin);
     ev_async_start(s->loop, &s->checkin_async);
     ev_unref(s->loop);
@@ -557,6 +571,8 @@ void ymo_server_free(ymo_server_t *s)
         ev_ref(s->loop);
         ev_async_stop(s->loop, &s->checkin_async);
         pthread_mutex_destroy(&s->checkin_lock);
+        ymo_server_set_tls(s, NULL);
+        pthread_mutex_destroy(&s->tls_lock);
         ev_idle_stop(s->loop, &s->idle);
         ev_loop_destroy(s->loop);
         s->loop = NULL;

@@ -129,6 +129,13 @@ static PyObject *ex_remote_addr(YmoExchangeObject *ex, void *c)
     return Py_XNewRef(ex->remote_addr);
 }
 
+static PyObject *ex_tls(YmoExchangeObject *ex, void *c)
+{
+    if (check_live(ex) < 0)
+        return NULL;
+    return ymo__py_tls_info(ex->conn);
+}
+
 /* Make sure the whole body is in; for a request that waits on 100-continue
  * this sends it and reads, blocking this loop thread for one client. */
 static int ensure_body(YmoExchangeObject *ex, const char **data, size_t *len)
@@ -618,6 +625,9 @@ static PyGetSetDef ex_getset[] = {
     {"body", (getter)ex_body, NULL,
      "The whole request body as bytes (sends 100 Continue if the client waits for it).", NULL},
     {"remote_addr", (getter)ex_remote_addr, NULL, "The client's (host, port).", NULL},
+    {"tls", (getter)ex_tls, NULL,
+     "What the TLS connection negotiated (version, cipher, alpn, server_name, peer_cert,\n"
+     "peer_subject) as a dict, or None on a plain connection.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

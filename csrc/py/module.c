@@ -174,7 +174,7 @@ static int module_exec(PyObject *m)
     if (ymo__py_headers_init(m, st) < 0 || ymo__py_parsers_init(m, st) < 0
         || ymo__py_exchange_init(m, st) < 0 || ymo__py_server_init(m, st) < 0
         || ymo__py_wsgi_init(m, st) < 0 || ymo__py_ws_init(m, st) < 0
-        || ymo__py_wsgi_ws_init(m, st) < 0)
+        || ymo__py_wsgi_ws_init(m, st) < 0 || ymo__py_tls_init(m, st) < 0)
         return -1;
     return 0;
 }

@@ -91,6 +91,7 @@ int ymo__py_exchange_init(PyObject *module, ymo_py_state *st);
 int ymo__py_wsgi_init(PyObject *module, ymo_py_state *st);
 int ymo__py_ws_init(PyObject *module, ymo_py_state *st);
 int ymo__py_wsgi_ws_init(PyObject *module, ymo_py_state *st);
+int ymo__py_tls_init(PyObject *module, ymo_py_state *st);
 /* The engine's WebSocket hooks. */
 void ymo__py_ws_hooks(ymo_server_hooks_t *hooks);
 void ymo__py_wsgi_clear(ymo_py_state *st);
@@ -110,6 +111,16 @@ void ymo__py_log_exception(ymo_py_state *st, const char *msg);
 
 /* Log a line at level (logging.INFO...) on the "yimmo" logger. */
 void ymo__py_log(ymo_py_state *st, int level, const char *fmt, ...);
+
+/* TLS (csrc/py/tls.c). A tls={...} dict as a loaded configuration: 0, or
+ * -1 with OSError, ValueError or TypeError set. */
+struct ymo_tls_s;
+int ymo__py_tls_load(PyObject *o, struct ymo_tls_s **out);
+/* exchange.tls: a dict of what c negotiated, or None on plain connections. */
+PyObject *ymo__py_tls_info(ymo_conn_t *c);
+/* The https and SSL_* environ entries on a TLS connection: 1 when set, 0
+ * on plain connections, -1 on error. */
+int ymo__py_tls_environ(PyObject *env, ymo_conn_t *c);
 
 /* yimmo.Server. */
 typedef struct {

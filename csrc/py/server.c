@@ -4,6 +4,7 @@
  * the requests that became ready.
  */
 #include "py/py_internal.h"
+#include "yimmo/tls.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -254,9 +255,26 @@ static PyObject *listen_error(int err, PyObject *where)
     return NULL;
 }
 
-static int take_socket(YmoServerObject *self, PyObject *sock)
+/* One listening socket: a socket object or fd, or (socket, use_tls). */
+static int take_socket(YmoServerObject *self, PyObject *sock, int tls)
 {
     int fd;
+    unsigned flags = tls ? YMO_LISTEN_TLS : 0;
+    if (PyTuple_Check(sock)) {
+        if (PyTuple_GET_SIZE(sock) != 2) {
+            PyErr_SetString(PyExc_TypeError, "sock entries are sockets or (socket, use_tls) pairs");
+            return -1;
+        }
+        int want = PyObject_IsTrue(PyTuple_GET_ITEM(sock, 1));
+        if (want < 0)
+            return -1;
+        if (want && !tls) {
+            PyErr_SetString(PyExc_ValueError, "a TLS listener needs tls={...} settings");
+            return -1;
+        }
+        flags = want ? YMO_LISTEN_TLS : 0;
+        sock = PyTuple_GET_ITEM(sock, 0);   /* borrowed */
+    }
     if (PyLong_Check(sock)) {
         { long lfd = PyLong_AsLong(sock); fd = (lfd < -1 || lfd > 0x7fffffff) ? -1 : (int)lfd; }
         if (fd == -1 && PyErr_Occurred())
@@ -284,7 +302,7 @@ static int take_socket(YmoServerObject *self, PyObject *sock)
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
-    int r = ymo_server_listen_fd(&self->srv, dfd);
+    int r = ymo_server_listen_fd(&self->srv, dfd, flags);
     if (r < 0) {
         close(dfd);
         if (r == -ENOTSOCK) {
@@ -299,7 +317,7 @@ static int take_socket(YmoServerObject *self, PyObject *sock)
     return 0;
 }
 
-static int take_sockets(YmoServerObject *self, PyObject *sock)
+static int take_sockets(YmoServerObject *self, PyObject *sock, int tls)
 {
     if (PyList_Check(sock) || PyTuple_Check(sock)) {
         PyObject *seq = PySequence_Fast(sock, "sock");
@@ -312,7 +330,7 @@ static int take_sockets(YmoServerObject *self, PyObject *sock)
             return -1;
         }
         for (Py_ssize_t i = 0; i < n; i++) {
-            if (take_socket(self, PySequence_Fast_GET_ITEM(seq, i)) < 0) {
+            if (take_socket(self, PySequence_Fast_GET_ITEM(seq, i), tls) < 0) {
                 Py_DECREF(seq);
                 return -1;
             }
@@ -320,7 +338,7 @@ static int take_sockets(YmoServerObject *self, PyObject *sock)
         Py_DECREF(seq);
         return 0;
     }
-    return take_socket(self, sock);
+    return take_socket(self, sock, tls);
 }
 
 /* SERVER_NAME and SERVER_PORT when a request has no Host. */
@@ -345,7 +363,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         "max_body_size", "max_request_line", "max_header_size", "max_header_bytes",
         "max_headers", "on_tick", "tick_interval", "max_connections",
         "websocket", "ws_max_message", "ws_idle_timeout", "ws_send_limit", "ws_deflate",
-        "read_size", "send_high_water", "ws_ping_interval", "ws_ping_timeout",
+        "read_size", "send_high_water", "ws_ping_interval", "ws_ping_timeout", "tls",
         /* WSGIServer only, from here. */
         "url_scheme", "script_name", "multiprocess", "access_log", "threads",
         "body_buffer_size", NULL,
@@ -358,13 +376,14 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     PyObject *ws_routes = Py_None, *ws_max = NULL, *ws_idle = NULL, *ws_limit = NULL;
     int ws_deflate = 1;
     PyObject *read_size = NULL, *high_water = NULL, *ws_ping = NULL, *ws_ping_to = NULL;
+    PyObject *tls_o = Py_None;
     PyObject *url_scheme = NULL, *script_name = NULL, *multiprocess = NULL;
     PyObject *access_log = NULL, *threads = NULL, *bbs = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOpOOOOOOOOOO", kwlist, &handler,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOpOOOOOOOOOOO", kwlist, &handler,
                                      &host_o, &port_o, &sock, &backlog_o, &reuse_port, &ka, &ht,
                                      &bt, &st_o, &mb, &mrl, &mhs, &mhb, &mh, &on_tick, &tick_o,
                                      &maxconn, &ws_routes, &ws_max, &ws_idle, &ws_limit, &ws_deflate,
-                                     &read_size, &high_water, &ws_ping, &ws_ping_to,
+                                     &read_size, &high_water, &ws_ping, &ws_ping_to, &tls_o,
                                      &url_scheme, &script_name, &multiprocess, &access_log,
                                      &threads, &bbs))
         return NULL;
@@ -546,11 +565,20 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     }
     ev_init(&self->tick, on_tick_timer);
     self->tick.repeat = tick;
+    if (tls_o != Py_None) {
+        ymo_tls_t *t;
+        if (ymo__py_tls_load(tls_o, &t) < 0)
+            goto error;
+        ymo_server_set_tls(&self->srv, t);
+        ymo_tls_unref(t);
+    }
     if (sock != Py_None) {
-        if (take_sockets(self, sock) < 0)
+        if (take_sockets(self, sock, tls_o != Py_None) < 0)
             goto error;
     } else {
-        r = ymo_server_listen(&self->srv, host, (int)port, reuse_port);
+        r = ymo_server_listen(&self->srv, host, (int)port,
+                              (reuse_port ? YMO_LISTEN_REUSEPORT : 0)
+                                  | (tls_o != Py_None ? YMO_LISTEN_TLS : 0));
         if (r < 0) {
             PyObject *w = strchr(host, ':') ? PyUnicode_FromFormat("[%s]:%ld", host, port)
                                             : PyUnicode_FromFormat("%s:%ld", host, port);
@@ -855,7 +883,20 @@ static void server_dealloc(YmoServerObject *self)
     Py_DECREF(tp);
 }
 
+static PyObject *server_reload_tls(YmoServerObject *self, PyObject *o)
+{
+    ymo_tls_t *t;
+    if (ymo__py_tls_load(o, &t) < 0)
+        return NULL;
+    ymo_server_set_tls(&self->srv, t);
+    ymo_tls_unref(t);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef server_methods[] = {
+    {"reload_tls", (PyCFunction)server_reload_tls, METH_O,
+     "reload_tls(tls): load new TLS settings (a dict, as tls= takes) for new connections;\n"
+     "open ones keep theirs. On an error the old settings stay."},
     {"run", (PyCFunction)server_run, METH_NOARGS,
      "run(): serve until stop() (or Ctrl-C); the GIL is released while waiting."},
     {"_work", (PyCFunction)server_work, METH_NOARGS,
@@ -878,7 +919,7 @@ static PyType_Slot server_slots[] = {
      "       reuse_port=False, keepalive_timeout=5.0, header_timeout=10.0,\n"
      "       body_timeout=30.0, send_timeout=30.0, max_body_size=100 MiB,\n"
      "       max_request_line=8192, max_header_size=8192, max_header_bytes=65536,\n"
-     "       max_headers=100)\n\n"
+     "       max_headers=100, tls=None)\n\n"
      "An HTTP/1.1 server calling handler(exchange) for every request."},
     {Py_tp_new, server_new},
     {Py_tp_dealloc, server_dealloc},

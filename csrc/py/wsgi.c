@@ -4,6 +4,7 @@
  * types, and the response iterable written without copies where it counts.
  */
 #include "py/py_internal.h"
+#include "yimmo/tls.h"
 
 #include <structmember.h>
 
@@ -851,7 +852,8 @@ static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *in
                          PyUnicode_DecodeLatin1(hv + colon + 1, (Py_ssize_t)(hl - colon - 1), NULL)) < 0)
                 goto error;
         } else {
-            int https = PyUnicode_CompareWithASCIIString(srv->url_scheme, "https") == 0;
+            int https = ymo_tls_active(c)
+                        || PyUnicode_CompareWithASCIIString(srv->url_scheme, "https") == 0;
             if (set_item(env, K[WK_SERVER_PORT], PyUnicode_FromString(https ? "443" : "80")) < 0)
                 goto error;
         }
@@ -878,7 +880,8 @@ static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *in
 
     PyObject *errors = PySys_GetObject("stderr");   /* borrowed */
     if (PyDict_SetItem(env, K[WK_WSGI_INPUT], input) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_ERRORS], errors ? errors : Py_None) < 0)
+        || PyDict_SetItem(env, K[WK_WSGI_ERRORS], errors ? errors : Py_None) < 0
+        || ymo__py_tls_environ(env, c) < 0)
         goto error;
     return env;
 error:

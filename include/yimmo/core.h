@@ -1,8 +1,8 @@
 /*
  * yimmo/core.h: the engine. One libev loop per server, listeners,
  * connections with an input buffer and an output queue of buckets, and the
- * two vtables every connection carries: a transport (plain socket now, TLS
- * later) and a protocol (HTTP now; WebSocket and MQTT swap in on upgrade).
+ * two vtables every connection carries: a transport (a plain socket or TLS)
+ * and a protocol (HTTP; WebSocket and MQTT swap in on upgrade).
  */
 #ifndef YIMMO_CORE_H
 #define YIMMO_CORE_H
@@ -18,6 +18,7 @@
 
 typedef struct ymo_server_s ymo_server_t;
 typedef struct ymo_conn_s ymo_conn_t;
+struct ymo_tls_s;
 
 /* --- Output queue ------------------------------------------------------ */
 
@@ -64,15 +65,23 @@ void ymo_outq_rollback(ymo_outq_t *q, const ymo_outq_mark_t *m);
 /* --- Vtables ------------------------------------------------------------ */
 
 typedef struct {
-    /* > 0 bytes read, 0 at EOF, -errno (-EAGAIN when nothing to read). */
+    /* > 0 bytes read, 0 at EOF, -errno (-EAGAIN when nothing to read) or a
+     * YMO_E* code. -EAGAIN with YMO_CONN_READ_WANTS_WRITE set: try again
+     * once the socket is writable. */
     ssize_t (*read)(ymo_conn_t *c, char *buf, size_t len);
-    /* Bytes written or -errno. */
+    /* Bytes written or -errno; -EAGAIN with YMO_CONN_WRITE_WANTS_READ set:
+     * try again once the socket is readable. */
     ssize_t (*writev)(ymo_conn_t *c, const struct iovec *iov, int iovcnt);
     /* Stop sending (half close). */
     void (*shutdown)(ymo_conn_t *c);
     /* Send len bytes of file fd from off; bytes sent or -errno. NULL when
      * the transport cannot (TLS): the file is read and written instead. */
     ssize_t (*sendfile)(ymo_conn_t *c, int fd, uint64_t off, size_t len);
+    /* Optional: bytes already read from the socket and not yet returned
+     * (a decrypted record), which no readiness event will announce. */
+    size_t (*pending)(ymo_conn_t *c);
+    /* Optional: release the transport's state (the socket is still open). */
+    void (*free)(ymo_conn_t *c);
 } ymo_transport_t;
 
 typedef struct {
@@ -109,7 +118,9 @@ enum ymo_conn_flags {
     YMO_CONN_DRAINING = 1u << 7,        /* the server stops: close when idle */
     YMO_CONN_CHECKED_OUT = 1u << 8,     /* a worker thread owns it for one exchange */
     YMO_CONN_CLOSE_PENDING = 1u << 9,   /* closed while checked out: close at check-in */
-    YMO_CONN_WAIT_DRAIN = 1u << 10      /* a request waits for earlier output to drain */
+    YMO_CONN_WAIT_DRAIN = 1u << 10,     /* a request waits for earlier output to drain */
+    YMO_CONN_READ_WANTS_WRITE = 1u << 11,   /* the transport's read waits for POLLOUT */
+    YMO_CONN_WRITE_WANTS_READ = 1u << 12    /* the transport's write waits for POLLIN */
 };
 
 typedef struct {
@@ -124,6 +135,7 @@ struct ymo_conn_s {
     ev_io rio, wio;
     ev_timer timer;
     const ymo_transport_t *transport;
+    void *transport_data;
     const ymo_proto_t *proto;
     void *proto_data;
     ymo_buf_t in;
@@ -267,6 +279,10 @@ struct ymo_server_s {
     ymo_buf_t spare_bufs[16];       /* input buffers of idle connections */
     uint32_t nspare_bufs;
 
+    /* Configuration of the TLS listeners' connections (tls.h). */
+    struct ymo_tls_s *tls;
+    pthread_mutex_t tls_lock;
+
     /* Connections coming back from worker threads. */
     ev_async checkin_async;
     pthread_mutex_t checkin_lock;
@@ -280,11 +296,16 @@ int ymo_server_init(ymo_server_t *s, const ymo_server_config_t *cfg,
 /* Close every connection and listener, free the loop. */
 void ymo_server_free(ymo_server_t *s);
 
+enum ymo_listen_flags {
+    YMO_LISTEN_REUSEPORT = 1u << 0,     /* SO_REUSEPORT */
+    YMO_LISTEN_TLS = 1u << 1            /* connections speak TLS (ymo_server_set_tls) */
+};
+
 /* Bind and listen on host:port (IPv4 or IPv6 literal or name). */
-int ymo_server_listen(ymo_server_t *s, const char *host, int port, int reuse_port);
+int ymo_server_listen(ymo_server_t *s, const char *host, int port, unsigned flags);
 /* Serve on an already-bound socket (listen() is called if needed). The
  * server owns fd from now on. */
-int ymo_server_listen_fd(ymo_server_t *s, int fd);
+int ymo_server_listen_fd(ymo_server_t *s, int fd, unsigned flags);
 /* The first listener's bound address. */
 int ymo_server_address(ymo_server_t *s, struct sockaddr_storage *ss, socklen_t *len);
 

@@ -63,6 +63,11 @@ enum ymo_err {
     YMO_E_TIMEOUT,
     YMO_E_STATE,
 
+    /* TLS. */
+    YMO_E_TLS_CONFIG,              /* a certificate, key or setting that does not load */
+    YMO_E_TLS,                     /* the handshake or a record failed */
+    YMO_E_TLS_PLAINTEXT,           /* plain HTTP sent to a TLS port */
+
     YMO_E__LAST
 };
 
