@@ -13,7 +13,10 @@ Signals to the manager (as gunicorn):
   QUIT        fast stop: workers close everything at once.
   HUP         re-read the configuration, start new workers; each old worker
               is stopped gracefully as a new one is ready. If a new worker
-              cannot load the app the old ones keep serving.
+              cannot load the app the old ones keep serving. New workers
+              load the certificate files afresh (--certfile etc.), so a
+              HUP after renewing them serves the new ones; connections
+              open on old workers finish with the old.
   TTIN/TTOU   one worker more / one fewer (never below 1).
   USR1        reopen the log files (after logrotate moved them).
   CHLD        a worker exited: it is replaced unless shutting down.
@@ -42,7 +45,7 @@ import sys
 import threading
 import time
 
-from . import __version__
+from . import __version__, config
 
 log = logging.getLogger("yimmo.arbiter")
 
@@ -257,11 +260,16 @@ _ATOMS = {
 # --- Listening sockets ----------------------------------------------------------
 
 class Listener:
-    """A bound, listening socket made by the manager and shared by the workers."""
+    """A bound, listening socket made by the manager and shared by the workers.
+
+    tls (from the bind, fixed for the manager's life) says whether the
+    workers speak TLS on it.
+    """
 
     def __init__(self, bind, sock, unlink_path=None):
         self.bind = bind
         self.sock = sock
+        self.tls = bool(getattr(bind, "tls", False))
         self.unlink_path = unlink_path   # a unix socket file we created
         self.inode = None
         if unlink_path is not None:
@@ -273,11 +281,11 @@ class Listener:
     def url(self):
         family = self.sock.family
         if family == socket.AF_UNIX:
-            return "unix:%s" % (self.sock.getsockname() or self.bind.path)
+            return "%sunix:%s" % ("https+" if self.tls else "", self.sock.getsockname() or self.bind.path)
         host, port = self.sock.getsockname()[:2]
         if family == socket.AF_INET6:
             host = "[%s]" % host
-        return "http://%s:%d" % (host, port)
+        return "%s://%s:%d" % ("https" if self.tls else "http", host, port)
 
     def close(self):
         self.sock.close()
@@ -453,8 +461,17 @@ class WorkerProcess:
                 self._report("E %d %s" % (os.getpid(), e))
                 return WORKER_BOOT_ERROR
         s = self.settings
+        try:
+            tls = config.tls_config(s)  # The manager checked it; reported like any boot failure.
+        except config.ConfigError as e:
+            self._report("E %d %s" % (os.getpid(), e))
+            return WORKER_BOOT_ERROR
+        if tls is None and not any(l.tls for l in a.listeners):
+            socks = [l.sock for l in a.listeners]
+        else:
+            socks = [(l.sock, l.tls) for l in a.listeners]
         kw = dict(
-            sock=[l.sock for l in a.listeners],
+            sock=socks,
             backlog=s.backlog,
             keepalive_timeout=s.keepalive,
             header_timeout=s.header_timeout,
@@ -490,6 +507,8 @@ class WorkerProcess:
         kw["tick_interval"] = max(0.05, min(1.0, s.timeout / 4.0)) if s.timeout > 0 else 1.0
         if s.threads:
             kw["threads"] = s.threads
+        if tls is not None:
+            kw["tls"] = tls
         cls = _server_class()
         try:
             self.srv = cls(app, **kw)
@@ -893,6 +912,11 @@ class Arbiter:
                 log.error("Reload: bad configuration, keeping the old one: %s", e)
                 return
             old = self.settings
+            if any(l.bind.uses_tls(new.certfile) != l.tls for l in self.listeners):
+                log.error("Reload: --certfile was %s, which would change whether a bind speaks "
+                          "TLS; restart the server for that. Keeping the old configuration",
+                          "added" if new.certfile is not None else "removed")
+                return
             if new.bind != old.bind:
                 log.warning("Reload: bind addresses changed; restart the server to rebind")
             try:

@@ -8,8 +8,8 @@ namespace; a module alone means 'module:application' (then 'module:app').
 The options are in yimmo/config.py and docs/wsgi.md.
 
 Exit status: 0 after a clean stop, 1 when a socket cannot be bound, 2 for a
-bad flag, variable, config file or app (one line on stderr, no traceback),
-3 when a replacement worker cannot load the app.
+bad flag, variable, config file, certificate or app (one line on stderr, no
+traceback), 3 when a replacement worker cannot load the app.
 """
 import importlib
 import os
@@ -107,6 +107,38 @@ def load_app(spec):
     return app
 
 
+def check_tls(settings):
+    """The tls= dict for the workers (None: no TLS), loaded once here as the server would.
+
+    Called by the manager before it binds or forks, and on HUP before any
+    old worker is replaced: a bad certificate, key, password or cipher list
+    is a one-line ConfigError naming the file or setting.
+    """
+    tls = config.tls_config(settings)
+    if tls is None:
+        return None
+    import yimmo
+    check = getattr(yimmo, "check_tls", None)
+    if check is None:
+        raise config.ConfigError("--certfile: this yimmo build has no TLS support")
+    try:
+        check(tls)
+    except (OSError, ValueError, TypeError) as e:
+        raise config.ConfigError(_tls_error(e)) from None
+    return tls
+
+
+def _tls_error(exc):
+    """One line from check_tls's exception; its message already names the file or setting."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+        if exc.filename and str(exc.filename) not in text:
+            text = "%s: %s" % (exc.filename, text)
+    else:
+        text = str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
 def _die(msg, status=2):
     sys.stderr.write("%s: error: %s\n" % (PROG, msg))
     sys.stderr.flush()
@@ -134,6 +166,11 @@ def main(argv=None):
         sys.path.insert(0, cwd)
 
     try:
+        check_tls(settings)
+    except config.ConfigError as e:
+        return _die(e)
+
+    try:
         parse_app_spec(settings.app)
         if settings.check_config:
             load_app(settings.app)
@@ -154,6 +191,7 @@ def main(argv=None):
         if new.app != settings.app:
             raise config.ConfigError("the app cannot change on reload (%r -> %r)"
                                      % (settings.app, new.app))
+        check_tls(new)  # Renewed certificates: a broken one keeps the old workers.
         return new
 
     arbiter = Arbiter(settings, loader=lambda: load_app(settings.app), app_error=AppError,

@@ -13,6 +13,13 @@ default still ranks below a config file.
 
 Errors are ConfigError with a one-line message naming where the bad value
 came from (flag, variable or file key).
+
+An option with no flags is set only in the environment or a config file:
+``keyfile_password``, which on the command line would show in ``ps``. Such
+a secret is printed as "***" by ``--print-config``. Checks that involve
+several TLS options (``--keyfile`` without ``--certfile``, an ``https://``
+bind without a certificate, ...) are made by ``tls_config()``, which also
+builds the ``tls=`` dict of ``yimmo.WSGIServer``.
 """
 import argparse
 import os
@@ -25,7 +32,7 @@ except ImportError:  # pragma: no cover - Python 3.11+ is required.
     tomllib = None
 
 __all__ = ["ConfigError", "Option", "OPTIONS", "Settings", "parse_bind", "build_parser",
-           "load", "DEFAULT_ACCESS_LOG_FORMAT"]
+           "load", "tls_config", "DEFAULT_ACCESS_LOG_FORMAT"]
 
 DEFAULT_ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -102,6 +109,64 @@ def _to_str_list(v):
     raise ValueError("expected a string or a non-empty list of strings, got %r" % (v,))
 
 
+def _nonempty_str(v):
+    v = _to_str(v)
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v
+
+
+_CERT_REQS = {"none": "none", "optional": "optional", "required": "required",
+              "0": "none", "1": "optional", "2": "required"}
+
+
+def _to_cert_reqs(v):
+    """none / optional / required, or gunicorn's 0 / 1 / 2 (ssl.CERT_*)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = str(v)
+    if isinstance(v, str) and v.strip().lower() in _CERT_REQS:
+        return _CERT_REQS[v.strip().lower()]
+    raise ValueError("must be none, optional or required (or 0, 1, 2), got %r" % (v,))
+
+
+def _to_tls_version(v):
+    """1.2 or 1.3 (also TLSv1.2, and a TOML number 1.3)."""
+    if isinstance(v, float):
+        v = repr(v)
+    if isinstance(v, str):
+        t = v.strip().lower()
+        if t.startswith("tlsv"):
+            t = t[4:]
+        if t in ("1.2", "1.3"):
+            return t
+    raise ValueError("must be 1.2 or 1.3 (TLS 1.0 and 1.1 are never accepted), got %r" % (v,))
+
+
+def _to_sni_list(v):
+    """CERT[,KEY] entries. From the environment: separated by spaces (the comma is CERT,KEY)."""
+    if isinstance(v, str):
+        items = v.split()
+        if not items:
+            raise ValueError("expected at least one CERT[,KEY]")
+        return items
+    if isinstance(v, list) and v and all(isinstance(s, str) for s in v):
+        return list(v)
+    raise ValueError("expected a string or a non-empty list of strings, got %r" % (v,))
+
+
+def _check_sni(v):
+    for item in v:
+        parse_sni(item)
+
+
+def parse_sni(item):
+    """(certfile, keyfile or None) from 'CERT[,KEY]'."""
+    cert, sep, key = item.partition(",")
+    if not cert.strip() or (sep and not key.strip()) or "," in key:
+        raise ValueError("%r: expected CERT or CERT,KEY" % (item,))
+    return cert.strip(), key.strip() if sep else None
+
+
 def _at_least(n):
     def check(v):
         if v < n:
@@ -142,12 +207,23 @@ class _AnyAtoms(dict):
 # --- Bind addresses -----------------------------------------------------------
 
 class Bind:
-    """A parsed --bind value: kind is 'tcp', 'unix' or 'fd'."""
+    """A parsed --bind value: kind is 'tcp', 'unix' or 'fd'.
 
-    __slots__ = ("spec", "kind", "host", "port", "path", "fd")
+    scheme is 'https' (always TLS), 'http' (always plain) or None (TLS when
+    there is a certificate, as gunicorn); tls is the resolved choice, set by
+    Settings.binds.
+    """
 
-    def __init__(self, spec, kind, host=None, port=None, path=None, fd=None):
+    __slots__ = ("spec", "kind", "host", "port", "path", "fd", "scheme", "tls")
+
+    def __init__(self, spec, kind, host=None, port=None, path=None, fd=None, scheme=None):
         self.spec, self.kind, self.host, self.port, self.path, self.fd = spec, kind, host, port, path, fd
+        self.scheme = scheme
+        self.tls = scheme == "https"
+
+    def uses_tls(self, certfile):
+        """Whether this bind speaks TLS when the certificate is certfile (None: none)."""
+        return self.scheme == "https" or (self.scheme is None and certfile is not None)
 
     def __repr__(self):
         return "Bind(%r)" % (self.spec,)
@@ -163,10 +239,25 @@ def _port(spec, s):
 
 
 def parse_bind(spec):
-    """HOST:PORT, HOST (port 8000), [IPv6]:PORT, :PORT (all IPv4), unix:PATH, fd://N."""
+    """HOST:PORT, HOST (port 8000), [IPv6]:PORT, :PORT (all IPv4), unix:PATH, fd://N,
+    and https://HOST:PORT or http://HOST:PORT (the port is then required)."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError("empty bind address")
     s = spec.strip()
+    for scheme in ("https", "http"):
+        if s.lower().startswith(scheme + "://"):
+            rest = s[len(scheme) + 3:]
+            if rest.startswith(("unix:", "fd:")):
+                raise ValueError("bind address %r: %s:// takes HOST:PORT; unix: and fd:// binds "
+                                 "speak TLS when --certfile is set" % (spec, scheme))
+            if rest.endswith("/"):
+                rest = rest[:-1]  # A pasted URL: https://host:8443/
+            after_host = rest[rest.find("]") + 1:] if rest.startswith("[") else rest
+            if ":" not in after_host:
+                raise ValueError("bind address %r: give the port (%s://HOST:PORT)" % (spec, scheme))
+            b = _parse_host_port(spec, rest)
+            b.scheme, b.tls = scheme, scheme == "https"
+            return b
     if s.startswith("unix:"):
         path = s[5:]
         if path.startswith("//"):
@@ -179,6 +270,13 @@ def parse_bind(spec):
         if not n.isdigit():
             raise ValueError("bind address %r: fd:// takes a file descriptor number" % (spec,))
         return Bind(spec, "fd", fd=int(n))
+    if "://" in s:
+        raise ValueError("bind address %r: unknown scheme (use https://, http://, unix: or fd://)"
+                         % (spec,))
+    return _parse_host_port(spec, s)
+
+
+def _parse_host_port(spec, s):
     if s.startswith("["):
         end = s.find("]")
         if end < 0:
@@ -202,13 +300,18 @@ def parse_bind(spec):
 # --- The table ----------------------------------------------------------------
 
 class Option:
-    """One setting. flags=() means no command-line flag of its own."""
+    """One setting.
+
+    flags=() means no command-line flag: the positional app (kind
+    'positional'), or a setting read only from the environment and the
+    config file (a secret, which `ps` would show on a command line).
+    """
 
     __slots__ = ("name", "flags", "convert", "default", "help", "validate", "metavar", "kind",
-                 "section", "maps_to")
+                 "section", "maps_to", "secret")
 
     def __init__(self, name, flags, convert, default, help, validate=None, metavar=None,
-                 kind="value", section="server", maps_to=None):
+                 kind="value", section="server", maps_to=None, secret=False):
         self.name = name
         self.flags = flags
         self.convert = convert
@@ -216,13 +319,19 @@ class Option:
         self.help = help
         self.validate = validate
         self.metavar = metavar
-        self.kind = kind            # value | append | flag | action
+        self.kind = kind            # value | append | flag | positional
         self.section = section
         self.maps_to = maps_to      # the WSGIServer keyword it feeds, for the docs
+        self.secret = secret        # never printed (--print-config shows "***")
 
     @property
     def env(self):
         return ENV_PREFIX + self.name.upper()
+
+    @property
+    def no_flag(self):
+        """Set only in the environment or a config file."""
+        return not self.flags and self.kind != "positional"
 
     def default_value(self, environ):
         return self.default(environ) if callable(self.default) else self.default
@@ -259,11 +368,12 @@ OPTIONS = [
     Option("app", (), _to_opt_str, None,
            "The WSGI application, 'MODULE:EXPRESSION' (the positional argument; "
            "'MODULE' alone means 'MODULE:application', then 'MODULE:app').",
-           metavar="APP", section="app"),
+           metavar="APP", kind="positional", section="app"),
     Option("config", ("-c", "--config"), _to_opt_str, None,
            "A TOML config file whose keys are option names.", metavar="FILE", section="config"),
     Option("bind", ("-b", "--bind"), _to_str_list, _default_bind,
-           "Where to listen: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; repeat for several. "
+           "Where to listen: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N (TLS when --certfile is "
+           "set), https://HOST:PORT (always TLS) or http://HOST:PORT (never); repeat for several. "
            "Default 127.0.0.1:8000, or 0.0.0.0:$PORT when $PORT is set.",
            validate=_check_binds, metavar="ADDRESS", kind="append"),
     Option("workers", ("-w", "--workers"), _to_int, _default_workers,
@@ -350,6 +460,33 @@ OPTIONS = [
            "Do not negotiate permessage-deflate.", kind="flag", section="websocket"),
     Option("reuse_port", ("--reuse-port",), _to_bool, False,
            "Set SO_REUSEPORT on the listening sockets.", kind="flag"),
+    Option("certfile", ("--certfile",), _to_opt_str, None,
+           "PEM certificate (chain) file: binds without http:// then speak TLS (HTTPS).",
+           validate=_nonempty_str, metavar="FILE", section="tls", maps_to='tls["certfile"]'),
+    Option("keyfile", ("--keyfile",), _to_opt_str, None,
+           "PEM private key file. Default: the key is in --certfile.",
+           validate=_nonempty_str, metavar="FILE", section="tls", maps_to='tls["keyfile"]'),
+    Option("keyfile_password", (), _to_opt_str, None,
+           "Passphrase of an encrypted --keyfile (and --sni-cert keys). No flag: a command line "
+           "shows in ps.", section="tls", maps_to='tls["password"]', secret=True),
+    Option("ca_certs", ("--ca-certs",), _to_opt_str, None,
+           "PEM CA bundle that client certificates are verified against (see --cert-reqs).",
+           validate=_nonempty_str, metavar="FILE", section="tls", maps_to='tls["ca_certs"]'),
+    Option("cert_reqs", ("--cert-reqs",), _to_cert_reqs, "none",
+           "Client certificates: none (not asked for), optional (verified if sent) or required; "
+           "also gunicorn's 0, 1, 2. optional and required need --ca-certs.",
+           metavar="REQS", section="tls", maps_to='tls["cert_reqs"]'),
+    Option("ciphers", ("--ciphers",), _to_opt_str, None,
+           "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's). Default: OpenSSL's.",
+           validate=_nonempty_str, metavar="CIPHERS", section="tls", maps_to='tls["ciphers"]'),
+    Option("tls_min_version", ("--tls-min-version",), _to_tls_version, "1.2",
+           "Oldest TLS version accepted: 1.2 or 1.3.",
+           metavar="VERSION", section="tls", maps_to='tls["min_version"]'),
+    Option("sni_cert", ("--sni-cert",), _to_sni_list, None,
+           "Another certificate, CERT[,KEY], served to clients whose SNI name it covers; repeat "
+           "for several (in a variable: separated by spaces).",
+           validate=_check_sni, metavar="CERT[,KEY]", kind="append", section="tls",
+           maps_to='tls["sni"]'),
     Option("check_config", ("--check-config",), _to_bool, False,
            "Load the config and the app, then exit (0 if both are good).",
            kind="flag", section="actions"),
@@ -380,7 +517,70 @@ class Settings:
 
     @property
     def binds(self):
-        return [parse_bind(s) for s in self.bind]
+        """The parsed binds, each with .tls resolved against certfile."""
+        out = []
+        for spec in self.bind:
+            b = parse_bind(spec)
+            b.tls = b.uses_tls(self.certfile)
+            out.append(b)
+        return out
+
+    def name_of(self, name):
+        """How the user spelled the setting: --flag, YIMMO_VAR or the file key."""
+        o = BY_NAME[name]
+        src = self.source(name)
+        if src == "environment":
+            return o.env
+        if src == "config file":
+            return "%s (config file %s)" % (name, self.config)
+        return o.flags[-1] if o.flags else name
+
+
+# --- TLS ----------------------------------------------------------------------
+
+_TLS_OPTIONS = ("keyfile", "keyfile_password", "ca_certs", "cert_reqs", "ciphers", "tls_min_version",
+                "sni_cert")
+
+
+def tls_config(settings):
+    """The tls= dict for yimmo.WSGIServer, or None without --certfile.
+
+    ConfigError (one line, naming the setting) when TLS options do not fit
+    together. The files themselves are checked by yimmo.check_tls().
+    """
+    s = settings
+    if s.certfile is None:
+        for spec in s.bind:
+            if parse_bind(spec).scheme == "https":
+                raise ConfigError("an https:// bind needs --certfile (%s %s)"
+                                  % (s.name_of("bind"), spec))
+        for name in _TLS_OPTIONS:
+            if s.source(name) != "default" and getattr(s, name) is not None:
+                raise ConfigError("%s needs --certfile" % (s.name_of(name),))
+        return None
+    if s.cert_reqs != "none" and s.ca_certs is None:
+        raise ConfigError("%s %s needs --ca-certs (the CAs that client certificates are "
+                          "verified against)" % (s.name_of("cert_reqs"), s.cert_reqs))
+    tls = {"certfile": s.certfile, "cert_reqs": s.cert_reqs, "min_version": s.tls_min_version}
+    if s.keyfile is not None:
+        tls["keyfile"] = s.keyfile
+    if s.keyfile_password is not None:
+        tls["password"] = s.keyfile_password
+    if s.ca_certs is not None:
+        tls["ca_certs"] = s.ca_certs
+    if s.ciphers is not None:
+        tls["ciphers"] = s.ciphers
+    if s.sni_cert:
+        tls["sni"] = []
+        for item in s.sni_cert:
+            cert, key = parse_sni(item)
+            entry = {"certfile": cert}
+            if key is not None:
+                entry["keyfile"] = key
+            if s.keyfile_password is not None:
+                entry["password"] = s.keyfile_password
+            tls["sni"].append(entry)
+    return tls
 
 
 # --- Command line -------------------------------------------------------------
@@ -391,13 +591,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(prog="yimmo-wsgi"):
+    no_flag = " ".join("%s (file key %s): %s" % (o.env, o.name, o.help)
+                       for o in OPTIONS if o.no_flag)
     p = _Parser(
         prog=prog, add_help=True,
         usage="%(prog)s [OPTIONS] [APP]",
         description="Serve a WSGI application with yimmo.",
         epilog="Every option is also an environment variable (YIMMO_ + its name in capitals, "
                "e.g. YIMMO_WORKERS) and a key of the config file. Precedence: command line > "
-               "environment > config file > default.",
+               "environment > config file > default. Only in the environment or the config "
+               "file: " + no_flag,
         argument_default=argparse.SUPPRESS)
     p.add_argument("app", nargs="?", metavar="APP",
                    help=BY_NAME["app"].help + " [%s]" % BY_NAME["app"].env)
@@ -515,6 +718,10 @@ def format_settings(settings):
         if o.name == "config":  # Not a file key: shown for information.
             lines.append("# config = %s  # %s" % (_toml_value(v) if v else "(none)", settings.source(o.name)))
             continue
+        if v is not None and o.secret:
+            # Commented out: "***" read back as a config file would be a wrong password.
+            lines.append('# %s = "***"  # %s (hidden)' % (o.name, settings.source(o.name)))
+            continue
         lines.append("%s = %s  # %s" % (o.name, _toml_value(v), settings.source(o.name))
                      if v is not None else "# %s = (unset)" % o.name)
     return "\n".join(lines)
@@ -544,11 +751,15 @@ def options_table():
             d = o.default
             default = "none" if d is None else "`%s`" % (
                 _toml_value(d) if not isinstance(d, str) else d.replace("|", "\\|"))
-        flags = ", ".join("`%s`" % f for f in o.flags) or "positional"
+        if o.kind == "positional":
+            flags = "positional"
+        else:
+            flags = ", ".join("`%s`" % f for f in o.flags) or "none (environment or file only)"
         env = "" if o.name in CLI_ONLY and o.name != "config" else "`%s`" % o.env
         what = o.help.replace("|", "\\|")
         if o.maps_to:
-            what += " (WSGIServer `%s=`)" % o.maps_to
+            # A keyword (threads=) or an item of the tls dict (tls["certfile"]).
+            what += " (WSGIServer `%s%s`)" % (o.maps_to, "" if "[" in o.maps_to else "=")
         rows.append("| `%s` | %s | %s | %s | %s |" % (o.name, flags, env, default, what))
     return "\n".join(rows)
 

@@ -62,10 +62,12 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-/* OpenSSL's reason for the last failure, for a one-line message. */
+/* OpenSSL's reason for a failure, for a one-line message: the first
+ * error queued is the specific one ("no start line", "bad decrypt"); the
+ * later ones say where it surfaced ("PEM lib"). */
 static const char *ssl_reason(void)
 {
-    unsigned long e = ERR_peek_last_error();
+    unsigned long e = ERR_peek_error();
     const char *r = e != 0 ? ERR_reason_error_string(e) : NULL;
     return r != NULL ? r : "unknown OpenSSL error";
 }
@@ -171,12 +173,14 @@ static SSL_CTX *new_ctx(ymo_tls_t *t, const ymo_tls_config_t *cfg, const ymo_tls
     SSL_CTX_set_default_passwd_cb(ctx, password_cb);
     SSL_CTX_set_default_passwd_cb_userdata(ctx, (void *)cert->password);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert->certfile) != 1) {
-        set_err(err, errlen, "certfile '%s': %s", cert->certfile, ssl_reason());
+        set_err(err, errlen, "certfile '%s': not a PEM certificate chain (%s)", cert->certfile,
+                ssl_reason());
         goto error;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, keyfile, SSL_FILETYPE_PEM) != 1) {
-        set_err(err, errlen, "keyfile '%s': %s%s", keyfile, ssl_reason(),
-                cert->password != NULL ? " (wrong password?)" : "");
+        set_err(err, errlen, "keyfile '%s': no usable PEM private key (%s; %s)", keyfile,
+                ssl_reason(),
+                cert->password != NULL ? "wrong password?" : "if it is encrypted, give its password");
         goto error;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
