@@ -14,24 +14,11 @@ import time
 import pytest
 
 import yimmo
-from apps.harness import EXIT_RE, READY_RE, pid_gone, run_cli, server, wait_until  # noqa: F401
+from apps.harness import (EXIT_RE, READY_RE, in_background, pid_gone, run_cli,  # noqa: F401
+                           server, wait_until)
 
 HAVE_WSGISERVER = hasattr(yimmo, "WSGIServer")
 
-
-def _in_background(fn, *args):
-    """Run fn(*args) on a thread; returns a dict filled with 'result' or 'error'."""
-    out = {}
-
-    def run():
-        try:
-            out["result"] = fn(*args)
-        except BaseException as e:
-            out["error"] = e
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    out["thread"] = t
-    return out
 
 
 def _in_flight(mark, n=1):
@@ -66,7 +53,7 @@ def test_startup_lines_and_workers_share_the_socket(server):
 def test_term_and_int_drain_in_flight_requests(server, tmp_path, sig):
     mark = str(tmp_path / "mark")
     y = server("--graceful-timeout", "10", "hello:application", env={"YIMMO_TEST_MARK": mark})
-    req = _in_background(y.get, "/sleep/1")
+    req = in_background(y.get, "/sleep/1")
     _in_flight(mark)
     t0 = time.monotonic()
     y.signal(sig)
@@ -85,7 +72,7 @@ def test_graceful_timeout_kills_a_worker_that_will_not_finish(server, tmp_path):
     mark = str(tmp_path / "mark")
     y = server("--graceful-timeout", "0.5", "-t", "0", "hello:application", env={"YIMMO_TEST_MARK": mark})
     pid = y.ready_pids()[0]
-    req = _in_background(y.get, "/sleep/30")
+    req = in_background(y.get, "/sleep/30")
     _in_flight(mark)
     t0 = time.monotonic()
     y.signal(signal.SIGTERM)
@@ -99,7 +86,7 @@ def test_graceful_timeout_kills_a_worker_that_will_not_finish(server, tmp_path):
 def test_quit_stops_fast(server, tmp_path):
     mark = str(tmp_path / "mark")
     y = server("--graceful-timeout", "30", "hello:application", env={"YIMMO_TEST_MARK": mark})
-    req = _in_background(y.get, "/sleep/20")
+    req = in_background(y.get, "/sleep/20")
     _in_flight(mark)
     t0 = time.monotonic()
     y.signal(signal.SIGQUIT)
@@ -212,7 +199,7 @@ def test_a_stuck_worker_is_killed_after_timeout(server, tmp_path):
     y = server("-t", "1", "hello:application", env={"YIMMO_TEST_MARK": mark})
     stuck = y.ready_pids()[0]
     t0 = time.monotonic()
-    req = _in_background(y.get, "/sleep/60")
+    req = in_background(y.get, "/sleep/60")
     _in_flight(mark)
     y.wait_log(r"\[CRITICAL\] WORKER TIMEOUT \(pid:%d\)" % stuck)
     assert 0.9 < time.monotonic() - t0 < 10
@@ -229,7 +216,7 @@ def test_threads_let_other_requests_through_a_slow_one(server, tmp_path):
     if "--threads is not supported" in y.stderr:
         pytest.skip("WSGIServer does not accept threads= yet: %s" % y.stderr.splitlines()[-1])
     y.wait_ready(1)
-    slow = _in_background(y.get, "/sleep/2")
+    slow = in_background(y.get, "/sleep/2")
     _in_flight(mark)
     t0 = time.monotonic()
     for _ in range(5):
@@ -399,7 +386,7 @@ def test_a_replacement_that_cannot_load_the_app_stops_the_manager(server, tmp_pa
 def test_second_int_makes_the_drain_fast(server, tmp_path):
     mark = str(tmp_path / "mark")
     y = server("--graceful-timeout", "30", "hello:application", env={"YIMMO_TEST_MARK": mark})
-    req = _in_background(y.get, "/sleep/20")
+    req = in_background(y.get, "/sleep/20")
     _in_flight(mark)
     t0 = time.monotonic()
     y.signal(signal.SIGINT)

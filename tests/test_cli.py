@@ -13,19 +13,9 @@ import pytest
 
 import yimmo
 from yimmo import config
-from apps.harness import APPS, run_cli, server, wait_until  # noqa: F401
-
-ERR = "yimmo-wsgi: error: "
+from apps.harness import APPS, ERR, assert_one_line_error, run_cli, server, wait_until  # noqa: F401
 
 
-def assert_one_line_error(r, *fragments):
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(ERR), r.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    assert "Traceback" not in r.stderr
-    return lines[0]
 
 
 # --- Basics ------------------------------------------------------------------------

@@ -20,11 +20,11 @@ import pytest
 
 import yimmo
 from yimmo import config
-from apps.harness import LISTEN_RE, READY_RE, pid_gone, run_cli, server, wait_until  # noqa: F401
+from apps.harness import (LISTEN_RE, READY_RE, assert_one_line_error, in_background,  # noqa: F401
+                           pid_gone, run_cli, server, wait_until)
 
 trustme = pytest.importorskip("trustme")
 
-ERR = "yimmo-wsgi: error: "
 HAVE_TLS = hasattr(yimmo, "check_tls")
 needs_tls = pytest.mark.skipif(not HAVE_TLS, reason="this yimmo build has no TLS (yimmo.check_tls)")
 
@@ -45,15 +45,6 @@ def application(environ, start_response):
     return [body]
 '''
 
-
-def assert_one_line_error(r, *fragments):
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(ERR), r.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    assert "Traceback" not in r.stderr
-    return lines[0]
 
 
 # --- Certificates -------------------------------------------------------------------------
@@ -591,19 +582,6 @@ def test_https_bind_without_certfile_and_bad_cert_reqs_exit_2():
 # --- SIGHUP: renewed certificates -------------------------------------------------------------
 
 
-def _in_background(fn, *args):
-    out = {}
-
-    def run():
-        try:
-            out["result"] = fn(*args)
-        except BaseException as e:
-            out["error"] = e
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    out["thread"] = t
-    return out
-
 
 @needs_tls
 def test_hup_serves_renewed_certificates_and_open_connections_finish(server, certs, tmp_path):
@@ -625,7 +603,7 @@ def test_hup_serves_renewed_certificates_and_open_connections_finish(server, cer
     assert new_der != old_der
     assert peer_cert(host, port, ctx) == old_der  # Loaded at start, not per connection.
 
-    slow = _in_background(request, conn, "/sleep/1.5")
+    slow = in_background(request, conn, "/sleep/1.5")
     wait_until(lambda: os.path.exists(mark) and "start" in open(mark).read(), what="the slow request")
     y.signal(signal.SIGHUP)
     y.wait_log(READY_RE, count=2)

@@ -39,6 +39,35 @@ def clean_env(extra=None):
     return env
 
 
+
+ERR = "yimmo-wsgi: error: "
+
+
+def assert_one_line_error(r, *fragments):
+    """The CLI refused with exit status 2 and one line naming what was wrong."""
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(ERR), r.stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+def in_background(fn, *args):
+    """Run fn(*args) on a thread; returns a dict filled with 'result' or 'error'."""
+    out = {}
+
+    def run():
+        try:
+            out["result"] = fn(*args)
+        except BaseException as e:
+            out["error"] = e
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    out["thread"] = t
+    return out
+
 def run_cli(*args, env=None, cwd=APPS, timeout=TIMEOUT, **kw):
     """Run the CLI to completion: CompletedProcess with text stdout/stderr."""
     return subprocess.run([sys.executable, "-m", "yimmo", *args], cwd=str(cwd), env=clean_env(env),
