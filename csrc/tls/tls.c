@@ -4,8 +4,9 @@
  * SNI), and a transport whose read drives the handshake and whose writev
  * gathers small buffers into one record.
  *
- * OpenSSL works on the socket itself (SSL_set_fd): a record costs one read
- * or write system call, as on a plain connection. Either direction may need
+ * OpenSSL works on the socket itself (through a BIO that sends with
+ * MSG_NOSIGNAL): a record costs one read or write system call, as on a
+ * plain connection. Either direction may need
  * the other (a read that must write a handshake message when the socket is
  * full; a write that must first read), which the transport reports through
  * the connection's WANTS flags and the engine's watchers honour.
@@ -13,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +47,7 @@ typedef struct {
     SSL *ssl;
     ymo_tls_t *tls;
     int state;
+    int failed;             /* a fatal error: no close_notify may follow */
 } tls_conn_t;
 
 #define TLS_CONN(c) ((tls_conn_t *)(c)->transport_data)
@@ -297,6 +300,74 @@ void ymo_server_set_tls(ymo_server_t *s, ymo_tls_t *t)
     ymo_tls_unref(old);
 }
 
+/* --- A socket BIO without SIGPIPE ---------------------------------------- */
+
+/* OpenSSL's socket BIO writes with write(): a peer's reset would raise
+ * SIGPIPE in a process that does not ignore it. This one sends with
+ * MSG_NOSIGNAL, as the plain transport does. */
+static BIO_METHOD *sock_method;
+static pthread_once_t sock_method_once = PTHREAD_ONCE_INIT;
+
+static int sock_write(BIO *b, const char *buf, int len)
+{
+    int fd = (int)(intptr_t)BIO_get_data(b);
+    ssize_t n;
+    do
+        n = send(fd, buf, (size_t)len, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    BIO_clear_retry_flags(b);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        BIO_set_retry_write(b);
+    return (int)n;
+}
+
+static int sock_read(BIO *b, char *buf, int len)
+{
+    int fd = (int)(intptr_t)BIO_get_data(b);
+    ssize_t n;
+    do
+        n = recv(fd, buf, (size_t)len, 0);
+    while (n < 0 && errno == EINTR);
+    BIO_clear_retry_flags(b);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        BIO_set_retry_read(b);
+    return (int)n;
+}
+
+static long sock_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int sock_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static void sock_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "yimmo socket");
+    if (m == NULL)
+        return;
+    BIO_meth_set_write(m, sock_write);
+    BIO_meth_set_read(m, sock_read);
+    BIO_meth_set_ctrl(m, sock_ctrl);
+    BIO_meth_set_create(m, sock_create);
+    sock_method = m;
+}
+
+static BIO *sock_bio(int fd)
+{
+    pthread_once(&sock_method_once, sock_method_init);
+    if (sock_method == NULL)
+        return NULL;
+    BIO *b = BIO_new(sock_method);
+    if (b != NULL)
+        BIO_set_data(b, (void *)(intptr_t)fd);
+    return b;
+}
+
 /* --- The transport ------------------------------------------------------ */
 
 /* Map a failed SSL_* call to the transport's return codes. reading says
@@ -318,11 +389,13 @@ static ssize_t ssl_failed(ymo_conn_t *c, tls_conn_t *tc, int ret, int reading)
     case SSL_ERROR_SYSCALL: {
         int err = errno;
         ERR_clear_error();
+        tc->failed = 1;
         if (ret == 0 || err == 0)
             return reading ? 0 : -EPIPE;
         return -err;
     }
     default:
+        tc->failed = 1;
         ymo__log(c->server, YMO_LOG_DEBUG, "TLS %s failed: %s",
                  tc->state == T_OPEN ? (reading ? "read" : "write") : "handshake", ssl_reason());
         ERR_clear_error();
@@ -434,16 +507,22 @@ static ssize_t tls_writev(ymo_conn_t *c, const struct iovec *iov, int iovcnt)
     return ssl_failed(c, tc, n, 0);
 }
 
-/* close_notify (RFC 8446 6.1), then the TCP half close. Best effort: a
- * peer that does not read is not waited for. */
+/* close_notify (RFC 8446 6.1), once. Best effort: a peer that does not
+ * read is not waited for. */
+static void close_notify(tls_conn_t *tc)
+{
+    if (tc->state != T_OPEN || tc->failed || (SSL_get_shutdown(tc->ssl) & SSL_SENT_SHUTDOWN))
+        return;
+    ERR_clear_error();
+    SSL_shutdown(tc->ssl);
+    ERR_clear_error();
+}
+
 static void tls_shutdown(ymo_conn_t *c)
 {
     tls_conn_t *tc = TLS_CONN(c);
-    if (tc != NULL && tc->state == T_OPEN) {
-        ERR_clear_error();
-        SSL_shutdown(tc->ssl);
-        ERR_clear_error();
-    }
+    if (tc != NULL)
+        close_notify(tc);
     shutdown(c->fd, SHUT_WR);
 }
 
@@ -458,6 +537,9 @@ static void tls_free(ymo_conn_t *c)
     tls_conn_t *tc = TLS_CONN(c);
     if (tc == NULL)
         return;
+    /* Every close that is no failure ends the session properly, also an
+     * idle connection timed out or closed by stop(). */
+    close_notify(tc);
     SSL_free(tc->ssl);
     ymo_tls_unref(tc->tls);
     free(tc);
@@ -479,16 +561,19 @@ int ymo_tls_attach(ymo_conn_t *c, ymo_tls_t *t)
     if (tc == NULL)
         return YMO_E_NOMEM;
     tc->ssl = SSL_new(t->ctx);
-    if (tc->ssl == NULL || SSL_set_fd(tc->ssl, c->fd) != 1) {
+    BIO *bio = tc->ssl != NULL ? sock_bio(c->fd) : NULL;
+    if (bio == NULL) {
         ERR_clear_error();
         SSL_free(tc->ssl);
         free(tc);
         return YMO_E_NOMEM;
     }
+    SSL_set_bio(tc->ssl, bio, bio);     /* the SSL owns the BIO */
     SSL_set_accept_state(tc->ssl);
     tc->tls = t;
     ymo_tls_ref(t);
     tc->state = T_PEEK;
+    tc->failed = 0;
     c->transport = &tls_transport;
     c->transport_data = tc;
     return 0;
