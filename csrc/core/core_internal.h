@@ -18,8 +18,11 @@ static inline ymo_bucket_t *ymo__outq_first(ymo_outq_t *q)
 {
     return q->head < q->count ? &q->b[q->head] : NULL;
 }
-/* Free the storage of an empty queue: an idle connection costs bytes. */
-void ymo__outq_trim(ymo_outq_t *q);
+/* Give the storage of an empty queue to the server's small cache (or free
+ * it): an idle connection costs bytes, a busy one no malloc per response. */
+void ymo__outq_trim(ymo_outq_t *q, ymo_server_t *s);
+/* Take storage from that cache for a queue that has none. */
+void ymo__outq_adopt(ymo_outq_t *q, ymo_server_t *s);
 /* Release every bucket and the storage. */
 void ymo__outq_free(ymo_outq_t *q, ymo_server_t *s);
 

@@ -143,13 +143,33 @@ void ymo__outq_consume(ymo_outq_t *q, size_t n, ymo_server_t *s)
     q->len = 0;
 }
 
-void ymo__outq_trim(ymo_outq_t *q)
+#define SPARE_OUTQ_MAX_DATA 16384u
+#define SPARE_OUTQ_MAX_BUCKETS 64u
+
+void ymo__outq_trim(ymo_outq_t *q, ymo_server_t *s)
 {
-    if (q->bytes != 0 || q->head != q->count)
+    if (q->bytes != 0 || q->head != q->count || (q->data == NULL && q->b == NULL))
         return;
+#ifndef YMO_DEBUG
+    /* Plain malloc/free under the sanitizers, as for input buffers. */
+    if (s->nspare_outqs < sizeof(s->spare_outqs) / sizeof(s->spare_outqs[0])
+        && q->cap <= SPARE_OUTQ_MAX_DATA && q->cap_b <= SPARE_OUTQ_MAX_BUCKETS) {
+        q->len = 0;
+        q->head = q->count = 0;
+        s->spare_outqs[s->nspare_outqs++] = *q;
+        memset(q, 0, sizeof(*q));
+        return;
+    }
+#endif
     free(q->b);
     free(q->data);
     memset(q, 0, sizeof(*q));
+}
+
+void ymo__outq_adopt(ymo_outq_t *q, ymo_server_t *s)
+{
+    if (q->data == NULL && q->b == NULL && s->nspare_outqs > 0)
+        *q = s->spare_outqs[--s->nspare_outqs];
 }
 
 void ymo__outq_free(ymo_outq_t *q, ymo_server_t *s)

@@ -558,6 +558,11 @@ void ymo_server_free(ymo_server_t *s)
     }
     while (s->nspare_bufs > 0)
         free(s->spare_bufs[--s->nspare_bufs].data);
+    while (s->nspare_outqs > 0) {
+        ymo_outq_t *q = &s->spare_outqs[--s->nspare_outqs];
+        free(q->data);
+        free(q->b);
+    }
     while (s->free_headers != NULL) {
         ymo_http_header_t *h = s->free_headers;
         s->free_headers = *(ymo_http_header_t **)h;

@@ -162,7 +162,7 @@ static void process(ymo_conn_t *c)
                 c->in.len = 0;
                 ss->rstart = 0;
                 ymo_conn_release_input(c);
-                ymo__outq_trim(&c->out);
+                ymo__outq_trim(&c->out, s);
                 if (c->flags & (YMO_CONN_DRAINING | YMO_CONN_EOF)) {
                     ymo_conn_close_after_flush(c);
                     return;
@@ -186,6 +186,7 @@ static void process(ymo_conn_t *c)
                     return;
                 }
             }
+            ymo__outq_adopt(&c->out, s);
             ymo_http_parser_init(&ss->parser, &s->cfg.http, ss->headers);
             memset(&ss->resp, 0, sizeof(ss->resp));
             ss->flags &= SF_PEER_EOF;

@@ -153,7 +153,10 @@ static int module_exec(PyObject *m)
     st->str_http10 = PyUnicode_InternFromString("HTTP/1.0");
     st->str_http11 = PyUnicode_InternFromString("HTTP/1.1");
     st->str_empty = PyUnicode_InternFromString("");
-    if (st->str_http10 == NULL || st->str_http11 == NULL || st->str_empty == NULL)
+    st->str_stderr = PyUnicode_InternFromString("stderr");
+    st->sys_module = PyImport_ImportModule("sys");
+    if (st->str_http10 == NULL || st->str_http11 == NULL || st->str_empty == NULL
+        || st->str_stderr == NULL || st->sys_module == NULL)
         return -1;
 
     st->parse_error = PyErr_NewExceptionWithDoc(
@@ -192,6 +195,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->websocket_type);
     Py_VISIT(st->wsmessage_type);
     Py_VISIT(st->wsgi_websocket_type);
+    Py_VISIT(st->sys_module);
     return ymo__py_wsgi_traverse(st, visit, arg);
 }
 
@@ -214,6 +218,8 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->str_http10);
     Py_CLEAR(st->str_http11);
     Py_CLEAR(st->str_empty);
+    Py_CLEAR(st->str_stderr);
+    Py_CLEAR(st->sys_module);
     return 0;
 }
 

@@ -71,6 +71,8 @@ typedef struct {
     PyObject *str_http10;       /* "HTTP/1.0" */
     PyObject *str_http11;       /* "HTTP/1.1" */
     PyObject *str_empty;        /* "" */
+    PyObject *sys_module;       /* sys, for sys.stderr (wsgi.errors) */
+    PyObject *str_stderr;       /* "stderr" */
 } ymo_py_state;
 
 extern PyModuleDef ymo__py_module_def;

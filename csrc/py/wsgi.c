@@ -187,6 +187,9 @@ bad:
     return -1;
 }
 
+/* Defined with the type's methods, below. */
+static PyMethodDef req_write_def;
+
 static PyObject *start_response(YmoWSGIRequestObject *rq, PyObject *status, PyObject *headers,
                                 PyObject *exc_info);
 
@@ -255,7 +258,9 @@ static PyObject *start_response(YmoWSGIRequestObject *rq, PyObject *status, PyOb
     Py_XSETREF(rq->headers, Py_NewRef(headers));
     rq->code = code;
     rq->app_length = app_length;
-    return PyObject_GetAttrString((PyObject *)rq, "write");
+    /* The bound write() straight from its method definition: an attribute
+     * lookup would cost more than the rest of start_response. */
+    return PyCFunction_New(&req_write_def, (PyObject *)rq);
 }
 
 /* Queue the response head; known_len < 0 when the body streams. */
@@ -376,6 +381,8 @@ static PyMethodDef req_methods[] = {
     {"write", (PyCFunction)req_write, METH_O, "write(data): the PEP 3333 write() callable."},
     {NULL, NULL, 0, NULL},
 };
+static PyMethodDef req_write_def = {"write", (PyCFunction)req_write, METH_O,
+                                    "write(data): the PEP 3333 write() callable."};
 
 static PyMemberDef req_members[] = {
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(YmoWSGIRequestObject, vectorcall), READONLY, NULL},
@@ -878,9 +885,13 @@ static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *in
         || set_item(env, K[WK_REMOTE_PORT], uint_str((unsigned long)port)) < 0)
         goto error;
 
-    PyObject *errors = PySys_GetObject("stderr");   /* borrowed */
+    /* sys.stderr as it is now (it may have been replaced), looked up with
+     * interned names: PySys_GetObject() builds its key on every call. */
+    PyObject *errors = PyObject_GetAttr(st->sys_module, st->str_stderr);
+    if (errors == NULL)
+        PyErr_Clear();
     if (PyDict_SetItem(env, K[WK_WSGI_INPUT], input) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_ERRORS], errors ? errors : Py_None) < 0
+        || set_item(env, K[WK_WSGI_ERRORS], errors != NULL ? errors : Py_NewRef(Py_None)) < 0
         || ymo__py_tls_environ(env, c) < 0)
         goto error;
     return env;

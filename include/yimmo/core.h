@@ -278,6 +278,8 @@ struct ymo_server_s {
     ymo_http_header_t *free_headers;/* freelist of header arrays */
     ymo_buf_t spare_bufs[16];       /* input buffers of idle connections */
     uint32_t nspare_bufs;
+    ymo_outq_t spare_outqs[16];     /* output queue storage of idle connections */
+    uint32_t nspare_outqs;
 
     /* Configuration of the TLS listeners' connections (tls.h). */
     struct ymo_tls_s *tls;
