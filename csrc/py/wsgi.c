@@ -825,10 +825,15 @@ static PyObject *environ_build(ymo_py_state *st, PyObject *template, const ymo_h
     size_t hl = host != NULL ? host->value.len : 0;
     const char *t = base + p->target.off;
     if (p->target.len > 0 && t[0] != '/' && p->path.off > p->target.off) {
+        /* "scheme://authority[/path][?query]", as the parser checked it. The
+         * authority ends at the first '/' or '?': with no path, p->path is
+         * the second slash of "//" and cannot mark the end. */
         const char *sep = memchr(t, ':', p->target.len);
         size_t start = sep != NULL ? (size_t)(sep - t) + 3 : 0;
-        size_t end = p->path.off - p->target.off;
-        if (sep != NULL && start < end && start + 2 <= p->target.len && sep[1] == '/' && sep[2] == '/') {
+        size_t end = start;
+        while (end < p->target.len && t[end] != '/' && t[end] != '?')
+            end++;
+        if (sep != NULL && start < end && sep[1] == '/' && sep[2] == '/') {
             hv = t + start;
             hl = end - start;
         }
