@@ -1045,3 +1045,165 @@ def check_ws_inflate(raw):
     expect(ok, "inflate: zlib says %r, yimmo %r" % (
         [(v, o if o is None else len(o)) for v, o in verdicts],
         got if isinstance(got, int) else "%d bytes" % len(got)), data, max_size)
+
+
+# ---- the WSGI environ (PEP 3333) ----------------------------------------------
+#
+# build_wsgi_environ runs the WSGIServer's environ code on a request parsed
+# from bytes. The environ is re-derived here from parse_http_request's tuple
+# (itself held to the reference by check_accepted) and PEP 3333 / RFC 3875.
+
+WSGI_KEYS = frozenset((
+    "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "RAW_URI",
+    "SERVER_PROTOCOL", "SERVER_NAME", "SERVER_PORT", "REMOTE_ADDR", "REMOTE_PORT",
+    "wsgi.version", "wsgi.url_scheme", "wsgi.input", "wsgi.errors", "wsgi.multithread",
+    "wsgi.multiprocess", "wsgi.run_once", "wsgi.input_terminated", "wsgi.file_wrapper"))
+_ENVIRON_SCRIPT_NAMES = ("", "/app", "/", "/a b\xe9")
+_ENVIRON_SCHEMES = ("http", "https")
+_ENVIRON_REMOTES = (("127.0.0.1", 12345), ("::1", 0), ("10.0.0.255", 65535), ("", 1))
+_ENVIRON_SERVERS = (("localhost", "8000"), ("example.org", ""), ("::1", "443"), ("h\xe9", "80"))
+_HTTP_KEY_RE = re.compile(r"HTTP_[!#$%&'*+.^_`|~0-9A-Z]+")
+
+
+def decode_environ_input(raw):
+    """Split a wsgi_environ input into (settings, request bytes).
+
+    Byte 0 picks the settings: bits 0-1 script_name, bit 2 url_scheme, bits
+    3-4 remote, bits 5-6 server (the _ENVIRON_* tuples); the rest is data.
+    """
+    if not raw:
+        return {}, b""
+    b0 = raw[0]
+    settings = {"script_name": _ENVIRON_SCRIPT_NAMES[b0 & 3],
+                "url_scheme": _ENVIRON_SCHEMES[b0 >> 2 & 1],
+                "remote": _ENVIRON_REMOTES[b0 >> 3 & 3],
+                "server": _ENVIRON_SERVERS[b0 >> 5 & 3]}
+    return settings, bytes(raw[1:])
+
+
+def encode_environ_input(data, script_name="", url_scheme="http",
+                         remote=("127.0.0.1", 12345), server=("localhost", "8000")):
+    b0 = (_ENVIRON_SCRIPT_NAMES.index(script_name) | _ENVIRON_SCHEMES.index(url_scheme) << 2
+          | _ENVIRON_REMOTES.index(remote) << 3 | _ENVIRON_SERVERS.index(server) << 5)
+    return bytes([b0]) + data
+
+
+def ref_path_info(path, script_name):
+    """PEP 3333: PATH_INFO is the percent-decoded path as latin-1, without
+    SCRIPT_NAME when the path lies under it (at a '/' boundary)."""
+    from urllib.parse import unquote_to_bytes
+
+    p = unquote_to_bytes(path.encode("latin-1")).decode("latin-1")
+    if script_name and p.startswith(script_name) and (
+            len(p) == len(script_name) or p[len(script_name)] == "/"):
+        p = p[len(script_name):]
+    return p
+
+
+def ref_server_address(req, url_scheme, server):
+    """(SERVER_NAME, SERVER_PORT): the absolute-form target's authority (RFC
+    9112 3.2.2: it wins over Host), else Host, else the server's address; a
+    missing port is the scheme's default (RFC 3875 4.1.14-15)."""
+    method, target, headers = req[0], req[1], req[5]
+    auth = None
+    if method != "CONNECT" and target != "*" and not target.startswith("/"):
+        auth = re.split(r"[/?]", target.split("://", 1)[1], maxsplit=1)[0]
+    else:
+        hosts = [v for n, v in headers if n == b"host"]
+        if hosts:
+            auth = hosts[0].decode("latin-1")
+    if not auth:
+        return server
+    if auth.startswith("["):
+        rb = auth.find("]")
+        name, port = (auth[:rb + 1], auth[rb + 2:]) if rb >= 0 and auth[rb + 1:rb + 2] == ":" \
+            else (auth, None)
+    else:
+        name, colon, port = auth.partition(":")
+        port = port if colon else None
+    return name, port if port is not None else ("443" if url_scheme == "https" else "80")
+
+
+def ref_environ_headers(headers):
+    """The HTTP_* / CONTENT_* entries: names upper-cased with '-' as '_',
+    Content-Type and Content-Length without the prefix (PEP 3333, RFC 3875
+    4.1.18), repeats joined with ',' (RFC 9110 5.3) but Cookie with '; ' (RFC
+    6265 5.4); a name holding '_' dropped (it could pose as another header)."""
+    out = {}
+    for name, value in headers:
+        if name == b"content-type":
+            key = "CONTENT_TYPE"
+        elif name == b"content-length":
+            key = "CONTENT_LENGTH"
+        elif b"_" in name:
+            continue
+        else:
+            key = "HTTP_" + name.upper().replace(b"-", b"_").decode("latin-1")
+        v = value.decode("latin-1")
+        if key in out:
+            v = out[key] + ("; " if name == b"cookie" else ",") + v
+        out[key] = v
+    return out
+
+
+def check_environ(raw):
+    """wsgi_environ: build_wsgi_environ against parse_http_request and PEP 3333."""
+    import sys
+
+    import yimmo.wsgi
+    from yimmo.parsers import build_wsgi_environ
+
+    settings, data = decode_environ_input(raw)
+    try:
+        req = parse_http_request(data)
+    except ParseError as e:
+        try:
+            build_wsgi_environ(data, **settings)
+        except ParseError as e2:
+            expect(e2.args == e.args, "environ: another error than the parser's", e.args, e2.args)
+            return None
+        raise Finding("environ: built for a request the parser refuses: %r" % (e.args,))
+    check_accepted(data, req)
+    env = build_wsgi_environ(data, **settings)
+    expect(type(env) is dict, "environ is not a dict", type(env))
+    script_name = settings.get("script_name", "")
+    url_scheme = settings.get("url_scheme", "http")
+    remote = settings.get("remote", ("127.0.0.1", 12345))
+    server = settings.get("server", ("localhost", "8000"))
+
+    for k, v in env.items():
+        expect(type(k) is str, "environ key is not str", k)
+        if k.startswith("wsgi."):
+            continue
+        expect(type(v) is str, "environ value is not str", k, v)
+        # PEP 3333 "native strings": latin-1, so bytes round-trip.
+        expect(v.encode("latin-1").decode("latin-1") == v, "value not latin-1", k, v)
+    hdr = {k: v for k, v in env.items() if k not in WSGI_KEYS}
+    expect(WSGI_KEYS <= env.keys(), "environ keys missing", sorted(WSGI_KEYS - env.keys()))
+    for k in hdr:
+        expect(k in ("CONTENT_TYPE", "CONTENT_LENGTH") or _HTTP_KEY_RE.fullmatch(k),
+               "header key is not HTTP_[A-Z0-9_...] (no '-', no lower case)", k)
+        expect(k not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"), "CONTENT_* duplicated", k)
+    expect(hdr == ref_environ_headers(req[5]), "header entries", hdr, req[5])
+
+    expect(env["REQUEST_METHOD"] == req[0], "REQUEST_METHOD", env["REQUEST_METHOD"], req[0])
+    expect(env["PATH_INFO"] == ref_path_info(req[2], script_name),
+           "PATH_INFO", env["PATH_INFO"], req[2], script_name)
+    expect(env["SCRIPT_NAME"] == script_name, "SCRIPT_NAME", env["SCRIPT_NAME"])
+    expect(env["QUERY_STRING"] == req[3], "QUERY_STRING", env["QUERY_STRING"], req[3])
+    expect(env["RAW_URI"] == req[1], "RAW_URI", env["RAW_URI"], req[1])
+    expect(env["SERVER_PROTOCOL"] == req[4], "SERVER_PROTOCOL", env["SERVER_PROTOCOL"])
+    got = (env["SERVER_NAME"], env["SERVER_PORT"])
+    want = ref_server_address(req, url_scheme, server)
+    expect(got == tuple(want), "SERVER_NAME/SERVER_PORT", got, want, req[1])
+    expect((env["REMOTE_ADDR"], env["REMOTE_PORT"]) == (remote[0], str(remote[1])),
+           "REMOTE_ADDR/REMOTE_PORT", env["REMOTE_ADDR"], env["REMOTE_PORT"])
+
+    expect(env["wsgi.version"] == (1, 0), "wsgi.version", env["wsgi.version"])
+    expect(env["wsgi.url_scheme"] == url_scheme, "wsgi.url_scheme", env["wsgi.url_scheme"])
+    expect(env["wsgi.input"].read() == req[6], "wsgi.input is not the body")
+    expect(env["wsgi.errors"] is sys.stderr, "wsgi.errors", env["wsgi.errors"])
+    expect(env["wsgi.file_wrapper"] is yimmo.wsgi.FileWrapper, "wsgi.file_wrapper")
+    expect((env["wsgi.multithread"], env["wsgi.multiprocess"], env["wsgi.run_once"],
+            env["wsgi.input_terminated"]) == (False, False, False, True), "wsgi.* flags")
+    return env

@@ -27,6 +27,7 @@ CHECKS = {
     "ws_frames": checks.check_ws_frames,
     "ws_utf8": checks.check_ws_utf8,
     "ws_inflate": checks.check_ws_inflate,
+    "wsgi_environ": checks.check_environ,
 }
 
 

@@ -22,8 +22,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import zlib  # noqa: E402
 
-from checks import (_LIMIT_CHOICES, CHUNKED_HEAD, deflate_message,  # noqa: E402
-                    encode_utf8_input, encode_ws_frames_input, ws_frame)
+from checks import (_ENVIRON_REMOTES, _ENVIRON_SCHEMES, _ENVIRON_SCRIPT_NAMES,  # noqa: E402
+                    _ENVIRON_SERVERS, _LIMIT_CHOICES, CHUNKED_HEAD, deflate_message,
+                    encode_environ_input, encode_utf8_input, encode_ws_frames_input, ws_frame)
 from test_parser import CASES  # noqa: E402
 from test_ws_frames import CASES as WS_CASES  # noqa: E402
 
@@ -100,6 +101,44 @@ def ws_seeds(rng):
         write("ws_inflate", random_head + fin.compress(text) + fin.flush())
 
 
+# Requests that reach each environ rule: percent-escapes (also bad and at the
+# end), SCRIPT_NAME prefixes, every target form, Host forms, repeats, Cookie,
+# Content-*, names with '_', bodies.
+ENVIRON_EXTRA = [
+    b"GET /app HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /app/x%2Fy?q=%20&r HTTP/1.1\r\nHost: h:8080\r\n\r\n",
+    b"GET /apples HTTP/1.1\r\nHost: [::1]:81\r\n\r\n",
+    b"GET /a%20b%e9%ZZ%4 HTTP/1.1\r\nHost: [::1]\r\n\r\n",
+    b"GET /a%2 HTTP/1.0\r\n\r\n",
+    b"GET http://x.org:9/p%41?q HTTP/1.1\r\nHost: other\r\n\r\n",
+    b"GET http://x.org?q HTTP/1.1\r\nHost: other\r\n\r\n",
+    b"GET https://[fe80::1]:443 HTTP/1.1\r\nHost: other\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: h:\r\n\r\n",
+    b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx-a: 2\r\nX-A:\r\nCookie: a=1\r\n"
+    b"cookie: b=2\r\nX_A: spoof\r\nUser-Agent: u\r\nAccept: */*\r\n\r\n",
+    b"POST /f HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain; charset=latin-1\r\n"
+    b"Content-Length: 5\r\nX: \xe9\xff\r\n\r\nhello",
+    b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n0\r\nT: t\r\n\r\n",
+    b"PATCH /%E9%C3%A9 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\n\r\n",
+]
+
+
+def environ_seeds(rng, valid):
+    datas = [c.data for c in valid] + ENVIRON_EXTRA
+    for i, data in enumerate(datas):
+        settings = {"script_name": _ENVIRON_SCRIPT_NAMES[i % 4],
+                    "url_scheme": _ENVIRON_SCHEMES[i // 4 % 2],
+                    "remote": rng.choice(_ENVIRON_REMOTES),
+                    "server": rng.choice(_ENVIRON_SERVERS)}
+        write("wsgi_environ", encode_environ_input(data, **settings))
+    for c in rng.sample(valid, 10):
+        write("wsgi_environ", encode_environ_input(c.data[:len(c.data) // 2]))
+
+
 def main():
     rng = random.Random(7)
     plain = [c for c in CASES if not c.limits]
@@ -123,8 +162,9 @@ def main():
         write("http_h11_diff", data)
         write("http_split", split_input({}, data, sorted(rng.sample(range(len(data)), 3))))
     ws_seeds(rng)
+    environ_seeds(rng, valid)
     for t in ("http_request", "http_chunked", "http_split", "http_h11_diff",
-              "ws_frames", "ws_utf8", "ws_inflate"):
+              "ws_frames", "ws_utf8", "ws_inflate", "wsgi_environ"):
         d = os.path.join(HERE, "corpus", t)
         print("%-14s %4d seeds" % (t, len(os.listdir(d))))
 

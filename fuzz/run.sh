@@ -6,7 +6,7 @@
 #   fuzz/run.sh TARGET --replay-corpus                  every corpus input once, leak-checked
 #
 # TARGET is a harness in fuzz/ (http_request, http_chunked, http_split,
-# http_h11_diff, ws_frames, ws_utf8, ws_inflate). The extension is built with YIMMO_FUZZ=1 (clang,
+# http_h11_diff, ws_frames, ws_utf8, ws_inflate, wsgi_environ). The extension is built with YIMMO_FUZZ=1 (clang,
 # -fsanitize=fuzzer-no-link,address,undefined) into build/fuzz/pkg, never in
 # place. As atheris documents for native extensions, libFuzzer and the ASan
 # runtime are preloaded as one library (atheris's asan_with_fuzzer.so when it
@@ -33,7 +33,7 @@ die() { printf 'fuzz/run.sh: %s\n' "$*" >&2; exit 2; }
 
 target="${1:-}"
 [ -n "$target" ] && [ -f "fuzz/$target.py" ] && [ "${target#_}" = "$target" ] \
-    || die "usage: fuzz/run.sh TARGET [SECONDS | FILE...] [libFuzzer args]; targets: $(cd fuzz && ls http_*.py ws_*.py | sed 's/\.py$//' | tr '\n' ' ')"
+    || die "usage: fuzz/run.sh TARGET [SECONDS | FILE...] [libFuzzer args]; targets: $(cd fuzz && ls http_*.py ws_*.py wsgi_*.py | sed 's/\.py$//' | tr '\n' ' ')"
 shift
 
 command -v clang >/dev/null || die "clang not found (apt-get install clang libclang-rt-14-dev)"

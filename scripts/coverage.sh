@@ -57,7 +57,8 @@ import os, sys
 sys.path.insert(0, "fuzz")
 import checks
 for target, check in (("http_request", checks.check_request), ("http_chunked", checks.check_chunked),
-                      ("http_split", checks.check_split), ("http_h11_diff", checks.check_h11)):
+                      ("http_split", checks.check_split), ("http_h11_diff", checks.check_h11),
+                      ("wsgi_environ", checks.check_environ)):
     d = os.path.join("build/fuzz/corpus", target)
     for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
         check(open(os.path.join(d, f), "rb").read())

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Fuzzing on the instrumented build (fuzz/README.md).
 #
-#   scripts/fuzz.sh ci [SECONDS]     every harness (4 HTTP, 3 WebSocket) for
-#                                    SECONDS (default 30), then what it found
-#                                    replayed with leak checks; fails on a
-#                                    crash, sanitizer report, leak, timeout or
-#                                    broken invariant, printing the reproducer.
-#                                    About 5 minutes in all.
+#   scripts/fuzz.sh ci [SECONDS]     every harness (4 HTTP, 3 WebSocket, the
+#                                    WSGI environ) for SECONDS (default 25),
+#                                    then what it found replayed with leak
+#                                    checks; fails on a crash, sanitizer
+#                                    report, leak, timeout or broken invariant,
+#                                    printing the reproducer. About 5.5
+#                                    minutes in all (kept under 6).
 #   scripts/fuzz.sh TARGET [ARGS]    same as fuzz/run.sh TARGET [ARGS]
 #
 # Needs clang and libclang-rt-14-dev (Debian 12), and atheris and h11 in the
@@ -20,14 +21,15 @@ if [ -z "${PY:-}" ]; then
     if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
 fi
 export PY
-TARGETS=(http_request http_chunked http_split http_h11_diff ws_frames ws_utf8 ws_inflate)
+TARGETS=(http_request http_chunked http_split http_h11_diff ws_frames ws_utf8 ws_inflate
+         wsgi_environ)
 
 "$PY" -c 'import atheris, h11' 2>/dev/null \
     || "$PY" -m pip -q --disable-pip-version-check install atheris h11
 
 case "${1:-}" in
 ci)
-    seconds="${2:-30}"
+    seconds="${2:-25}"
     # A fresh corpus each run: CI starts from the committed seeds.
     export YIMMO_FUZZ_OUT="$ROOT/build/fuzz-ci"
     rm -rf "$YIMMO_FUZZ_OUT/corpus" "$YIMMO_FUZZ_OUT/artifacts"

@@ -26,6 +26,7 @@ CHECKS = {
     "ws_frames": checks.check_ws_frames,
     "ws_utf8": checks.check_ws_utf8,
     "ws_inflate": checks.check_ws_inflate,
+    "wsgi_environ": checks.check_environ,
 }
 
 
@@ -188,3 +189,36 @@ def test_corpus_replay_does_not_leak():
     finally:
         tracemalloc.stop()
     assert growth < 4096, windows
+
+
+def test_environ_check_catches_forged_environs(monkeypatch):
+    """check_environ is not vacuous: each forged entry is a Finding."""
+    import yimmo.parsers
+
+    real = yimmo.parsers.build_wsgi_environ
+    data = checks.encode_environ_input(
+        b"GET /a%41?q HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx-a: 2\r\nContent-Type: t\r\n\r\n",
+        script_name="/app")
+    assert checks.check_environ(data)["HTTP_X_A"] == "1,2"
+    forgeries = [
+        lambda e: e.update(PATH_INFO="/a%41"),
+        lambda e: e.update(QUERY_STRING="q=1"),
+        lambda e: e.update(HTTP_X_A="1, 2"),
+        lambda e: e.update(HTTP_X_A=b"1,2"),
+        lambda e: e.update({"HTTP_X-A": "1,2"}),
+        lambda e: e.update({"HTTP_x_a": "1,2"}),
+        lambda e: e.update(HTTP_CONTENT_TYPE="t"),
+        lambda e: e.update(SERVER_NAME="x"),
+        lambda e: e.update(REQUEST_METHOD="POST"),
+        lambda e: e.update(SCRIPT_NAME=""),
+        lambda e: e.update({"wsgi.input": __import__("io").BytesIO(b"x")}),
+        lambda e: e.pop("REMOTE_PORT"),
+    ]
+    for forge in forgeries:
+        def fake(*args, **kw):
+            env = real(*args, **kw)
+            forge(env)
+            return env
+        monkeypatch.setattr(yimmo.parsers, "build_wsgi_environ", fake)
+        with pytest.raises(checks.Finding):
+            checks.check_environ(data)

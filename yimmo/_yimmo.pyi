@@ -105,6 +105,9 @@ class RequestParser:
     def feed(self, data: bytes | bytearray | memoryview) -> list[tuple]: ...
 
 def parse_http_request(data: bytes | bytearray | memoryview) -> tuple: ...
+def build_wsgi_environ(data: bytes | bytearray | memoryview, *, script_name: str = "",
+                       url_scheme: str = "http", remote: tuple[str, int] = ("127.0.0.1", 12345),
+                       server: tuple[str, str] = ("localhost", "8000")) -> dict[str, object]: ...
 
 class WSMessage:
     """A received WebSocket message; memoryview(msg) gives the payload without a copy."""

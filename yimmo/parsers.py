@@ -72,11 +72,39 @@ a message ending inside a character) or 1009 (over ``max_message``, raised
 as soon as a frame header announces it). Frames before the bad one are
 lost with the exception; parse ``data[:n]`` to get them. Close frame
 payloads (code and reason) are not checked here; the session does that.
+
+WSGI environ (PEP 3333)
+-----------------------
+
+``build_wsgi_environ(data, *, script_name="", url_scheme="http",
+remote=("127.0.0.1", 12345), server=("localhost", "8000"))`` parses the first
+request in ``data`` as :func:`parse_http_request` does (same limits, same
+:class:`ParseError`, "YMO_AGAIN" when the request or its body is incomplete)
+and returns the environ ``dict`` a ``WSGIServer`` with that ``script_name``
+and ``url_scheme`` would give the application, built by the same C code:
+
+- ``REQUEST_METHOD``, ``QUERY_STRING`` (raw), ``RAW_URI`` (the target),
+  ``SERVER_PROTOCOL``; ``PATH_INFO`` percent-decoded as latin-1, with
+  ``SCRIPT_NAME`` taken off the front when the path lies under it.
+- Each header as ``HTTP_<NAME>`` (upper case, ``-`` as ``_``), except
+  Content-Type and Content-Length (``CONTENT_TYPE``, ``CONTENT_LENGTH``);
+  repeated fields joined with ``,`` (``Cookie`` with ``"; "``, RFC 6265
+  5.4). A name containing ``_`` is dropped: mapped, it could pose as another
+  header.
+- ``SERVER_NAME`` / ``SERVER_PORT`` from an absolute-form target's authority,
+  else Host, else ``server`` (the server uses its local address there);
+  the port defaults to 80, or 443 when ``url_scheme`` is "https".
+- ``REMOTE_ADDR`` / ``REMOTE_PORT`` from ``remote`` (a ``(str, int)`` pair).
+- ``wsgi.input`` is an ``io.BytesIO`` of the decoded body (the server's is a
+  stream reading the connection; both give the same bytes);
+  ``wsgi.multithread`` and ``wsgi.multiprocess`` are False.
+
+Every value is a latin-1 ``str`` except the ``wsgi.*`` objects.
 """
 from typing import List, NamedTuple, Tuple, Union
 
-from ._yimmo import (ParseError, RequestParser, inflate_ws_message, parse_http_request,
-                     parse_ws_frames)
+from ._yimmo import (ParseError, RequestParser, build_wsgi_environ, inflate_ws_message,
+                     parse_http_request, parse_ws_frames)
 
 __all__ = [
     "ParseError",
@@ -84,7 +112,8 @@ __all__ = [
     "RequestParser",
     "parse_http_request",
     "parse_request",
-    "parse_ws_frames", "inflate_ws_message"]
+    "parse_ws_frames", "inflate_ws_message",
+    "build_wsgi_environ"]
 
 BytesLike = Union[bytes, bytearray, memoryview]
 

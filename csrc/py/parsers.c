@@ -374,46 +374,60 @@ PyDoc_STRVAR(parse_http_request_doc,
              "its tuple (see yimmo.parsers.ParsedRequest). Raises ParseError, with code\n"
              "YMO_AGAIN when data holds no complete request.");
 
-static PyObject *parse_http_request(PyObject *module, PyObject *arg)
-{
-    ymo_py_state *st = ymo__py_state(module);
+/* One whole request (head and body) parsed with the default limits. */
+typedef struct {
     ymo_http_limits_t lim;
     ymo_http_parser_t p;
-    ymo_http_header_t *headers = NULL;
-    char *buf = NULL, *body = NULL;
-    size_t body_len = 0, body_cap = 0;
-    PyObject *result = NULL;
-    Py_buffer view;
-    int rc;
+    ymo_http_header_t *headers;
+    char *buf;                  /* a private copy of data: names are lowercased in place */
+    char *body;                 /* decoded */
+    size_t body_len, body_cap;
+    size_t consumed;
+} one_request_t;
 
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    ymo_http_limits_default(&lim);
-    headers = PyMem_Calloc(lim.max_headers, sizeof(*headers));
-    /* A private copy: header names are lowercased in place. */
-    buf = PyMem_Malloc(view.len ? (size_t)view.len : 1);
-    if (headers == NULL || buf == NULL) {
+static void one_request_free(one_request_t *r)
+{
+    PyMem_Free(r->headers);
+    PyMem_Free(r->buf);
+    PyMem_Free(r->body);
+}
+
+/* Parse the first request in data (bytes-like) into r: 0, or -1 with
+ * ParseError (YMO_AGAIN when data holds no complete request) or another
+ * exception set. Either way one_request_free(r) releases it. */
+static int parse_one(ymo_py_state *st, PyObject *data, one_request_t *r)
+{
+    Py_buffer view;
+    int rc, result = -1;
+
+    memset(r, 0, sizeof(*r));
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return -1;
+    ymo_http_limits_default(&r->lim);
+    r->headers = PyMem_Calloc(r->lim.max_headers, sizeof(*r->headers));
+    r->buf = PyMem_Malloc(view.len ? (size_t)view.len : 1);
+    if (r->headers == NULL || r->buf == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    memcpy(buf, view.buf, (size_t)view.len);
+    memcpy(r->buf, view.buf, (size_t)view.len);
     size_t len = (size_t)view.len;
 
-    ymo_http_parser_init(&p, &lim, headers);
-    rc = ymo_http_parse_head(&p, buf, len);
+    ymo_http_parser_init(&r->p, &r->lim, r->headers);
+    rc = ymo_http_parse_head(&r->p, r->buf, len);
     if (rc != YMO_OK) {
         ymo__py_raise_parse_error(st, rc);
         goto done;
     }
-    size_t pos = p.head_len;
+    size_t pos = r->p.head_len;
     for (;;) {
         size_t used, doff, dlen;
-        rc = ymo_http_parse_body(&p, buf + pos, len - pos, &used, &doff, &dlen);
+        rc = ymo_http_parse_body(&r->p, r->buf + pos, len - pos, &used, &doff, &dlen);
         if (dlen != 0) {
-            if (reserve(&body, &body_cap, body_len + dlen) < 0)
+            if (reserve(&r->body, &r->body_cap, r->body_len + dlen) < 0)
                 goto done;
-            memcpy(body + body_len, buf + pos + doff, dlen);
-            body_len += dlen;
+            memcpy(r->body + r->body_len, r->buf + pos + doff, dlen);
+            r->body_len += dlen;
         }
         pos += used;
         if (rc == YMO_AGAIN && pos < len)
@@ -424,18 +438,128 @@ static PyObject *parse_http_request(PyObject *module, PyObject *arg)
         ymo__py_raise_parse_error(st, rc);
         goto done;
     }
-    result = build_request(st, &p, buf, body, body_len, pos);
-
+    r->consumed = pos;
+    result = 0;
 done:
     PyBuffer_Release(&view);
-    PyMem_Free(headers);
-    PyMem_Free(buf);
-    PyMem_Free(body);
     return result;
+}
+
+static PyObject *parse_http_request(PyObject *module, PyObject *arg)
+{
+    ymo_py_state *st = ymo__py_state(module);
+    one_request_t r;
+    PyObject *result = NULL;
+
+    if (parse_one(st, arg, &r) == 0)
+        result = build_request(st, &r.p, r.buf, r.body, r.body_len, r.consumed);
+    one_request_free(&r);
+    return result;
+}
+
+/* ---- build_wsgi_environ ------------------------------------------------ */
+
+PyDoc_STRVAR(build_wsgi_environ_doc,
+             "build_wsgi_environ(data, *, script_name='', url_scheme='http',\n"
+             "                   remote=('127.0.0.1', 12345),\n"
+             "                   server=('localhost', '8000')) -> dict\n\n"
+             "Parse the first request in data as parse_http_request does and return the\n"
+             "environ WSGIServer would give the application for it (the same C code).\n"
+             "wsgi.input is an io.BytesIO of the decoded body. remote is the client's\n"
+             "(address, port); server the (SERVER_NAME, SERVER_PORT) used when the request\n"
+             "has no Host. Raises ParseError as parse_http_request does.");
+
+/* A (str, str|int) pair: the str as latin-1 bytes (new reference), the port. */
+static int address_arg(PyObject *pair, const char *what, int port_is_int, PyObject **host,
+                       PyObject **port)
+{
+    *host = NULL;
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2
+        || !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0))
+        || !(port_is_int ? PyLong_Check(PyTuple_GET_ITEM(pair, 1))
+                         : PyUnicode_Check(PyTuple_GET_ITEM(pair, 1)))) {
+        PyErr_Format(PyExc_TypeError, "%s must be a (str, %s) tuple", what,
+                     port_is_int ? "int" : "str");
+        return -1;
+    }
+    *port = PyTuple_GET_ITEM(pair, 1);  /* borrowed */
+    if (port_is_int) {
+        long v = PyLong_AsLong(*port);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        if (v < 0 || v > 65535) {
+            PyErr_Format(PyExc_ValueError, "%s port must be between 0 and 65535", what);
+            return -1;
+        }
+    }
+    *host = PyUnicode_AsLatin1String(PyTuple_GET_ITEM(pair, 0));
+    return *host == NULL ? -1 : 0;
+}
+
+static PyObject *build_wsgi_environ(PyObject *module, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"data", "script_name", "url_scheme", "remote", "server", NULL};
+    ymo_py_state *st = ymo__py_state(module);
+    PyObject *data, *script_name = st->str_empty, *url_scheme = NULL, *remote = NULL,
+             *server = NULL;
+    PyObject *rhost = NULL, *rport, *shost = NULL, *sport, *io = NULL, *input = NULL,
+             *wsgi = NULL, *file_wrapper = NULL, *env = NULL;
+    one_request_t r;
+    ymo_py_environ_src_t src = {.script_name = NULL};
+    int parsed = 0;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$UUOO:build_wsgi_environ", kwlist, &data,
+                                     &script_name, &url_scheme, &remote, &server))
+        return NULL;
+    /* The defaults, new references (the given ones are borrowed). */
+    url_scheme = url_scheme ? Py_NewRef(url_scheme) : PyUnicode_FromString("http");
+    remote = remote ? Py_NewRef(remote) : Py_BuildValue("(si)", "127.0.0.1", 12345);
+    server = server ? Py_NewRef(server) : Py_BuildValue("(ss)", "localhost", "8000");
+    if (url_scheme == NULL || remote == NULL || server == NULL)
+        goto done;
+    if (address_arg(remote, "remote", 1, &rhost, &rport) < 0
+        || address_arg(server, "server", 0, &shost, &sport) < 0)
+        goto done;
+    /* shost only checks that SERVER_NAME is latin-1; the str itself goes in. */
+    parsed = 1;
+    if (parse_one(st, data, &r) < 0)
+        goto done;
+    if ((io = PyImport_ImportModule("io")) == NULL
+        || (input = PyObject_CallMethod(io, "BytesIO", "y#", r.body, (Py_ssize_t)r.body_len))
+               == NULL
+        || (wsgi = PyImport_ImportModule("yimmo.wsgi")) == NULL
+        || (file_wrapper = PyObject_GetAttrString(wsgi, "FileWrapper")) == NULL)
+        goto done;
+    /* A request parsed from bytes has no local socket: SERVER_* come from
+     * Host, the absolute target or server. */
+    src.script_name = script_name;
+    src.url_scheme = url_scheme;
+    src.file_wrapper = file_wrapper;
+    src.server_name = PyTuple_GET_ITEM(server, 0);
+    src.server_port = sport;
+    src.remote = PyBytes_AS_STRING(rhost);
+    src.remote_len = (size_t)PyBytes_GET_SIZE(rhost);
+    src.remote_port = (int)PyLong_AsLong(rport);   /* checked by address_arg */
+    env = ymo__py_wsgi_environ(st, &r.p, r.buf, &src, input);
+done:
+    if (parsed)
+        one_request_free(&r);
+    Py_XDECREF(url_scheme);
+    Py_XDECREF(remote);
+    Py_XDECREF(server);
+    Py_XDECREF(rhost);
+    Py_XDECREF(shost);
+    Py_XDECREF(io);
+    Py_XDECREF(input);
+    Py_XDECREF(wsgi);
+    Py_XDECREF(file_wrapper);
+    return env;
 }
 
 static PyMethodDef parser_functions[] = {
     {"parse_http_request", parse_http_request, METH_O, parse_http_request_doc},
+    {"build_wsgi_environ", (PyCFunction)(void (*)(void))build_wsgi_environ,
+     METH_VARARGS | METH_KEYWORDS, build_wsgi_environ_doc},
     {NULL, NULL, 0, NULL},
 };
 

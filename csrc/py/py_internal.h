@@ -206,6 +206,27 @@ void ymo__py_wsgi_resume(YmoServerObject *self, ymo_conn_t *c);
 /* Serve one request on c through the WSGI application. GIL held. */
 void ymo__py_wsgi_run(YmoServerObject *self, ymo_conn_t *c);
 
+/* What a WSGI environ is built from besides the parsed request: the
+ * server's settings and the connection's addresses (all references
+ * borrowed). */
+typedef struct {
+    PyObject *script_name, *url_scheme;     /* str */
+    PyObject *file_wrapper;                 /* wsgi.file_wrapper */
+    int multithread, multiprocess;
+    PyObject *server_name, *server_port;    /* str: SERVER_* with no Host nor inet local */
+    const struct sockaddr_storage *local;   /* the address the request came in on, or NULL */
+    int tls;                                /* over TLS: SERVER_PORT defaults to 443 */
+    const char *remote;                     /* REMOTE_ADDR, latin-1 */
+    size_t remote_len;
+    int remote_port;
+} ymo_py_environ_src_t;
+
+/* The environ the WSGIServer gives the application for the request p parsed
+ * in base, with wsgi.input set to input (yimmo.parsers.build_wsgi_environ).
+ * New reference. */
+PyObject *ymo__py_wsgi_environ(ymo_py_state *st, const ymo_http_parser_t *p, const char *base,
+                               const ymo_py_environ_src_t *src, PyObject *input);
+
 /* Drop references parked while the GIL was released. GIL held. */
 void ymo__py_server_drain(YmoServerObject *self);
 

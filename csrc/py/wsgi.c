@@ -654,14 +654,14 @@ static PyObject *decode_path(const char *p, size_t len)
 
 /* PATH_INFO: the path with SCRIPT_NAME taken off the front when the path
  * lies under it (PEP 3333 URL reconstruction). */
-static PyObject *path_info(YmoServerObject *srv, const char *p, size_t len)
+static PyObject *path_info(PyObject *script_name, const char *p, size_t len)
 {
     PyObject *path = decode_path(p, len);
-    Py_ssize_t sl = PyUnicode_GET_LENGTH(srv->script_name);
+    Py_ssize_t sl = PyUnicode_GET_LENGTH(script_name);
     if (path == NULL || sl == 0)
         return path;
     Py_ssize_t pl = PyUnicode_GET_LENGTH(path);
-    if (pl >= sl && PyUnicode_Tailmatch(path, srv->script_name, 0, sl, -1) == 1
+    if (pl >= sl && PyUnicode_Tailmatch(path, script_name, 0, sl, -1) == 1
         && (pl == sl || PyUnicode_READ_CHAR(path, sl) == '/')) {
         PyObject *rest = PyUnicode_Substring(path, sl, pl);
         Py_DECREF(path);
@@ -762,9 +762,8 @@ static PyObject *uint_str(unsigned long v)
 /* The environ every request starts from: the constant entries set, the
  * per-request ones present (so the copy has its keys laid out) and room for
  * the headers. PyDict_Copy of it is much cheaper than twenty insertions. */
-static PyObject *environ_template(YmoServerObject *srv)
+static PyObject *environ_template(ymo_py_state *st, const ymo_py_environ_src_t *src)
 {
-    ymo_py_state *st = srv->st;
     PyObject **K = st->wsgi_keys;
     PyObject *env = _PyDict_NewPresized(40);
     if (env == NULL)
@@ -777,14 +776,14 @@ static PyObject *environ_template(YmoServerObject *srv)
     for (size_t i = 0; i < sizeof(per_request) / sizeof(per_request[0]); i++)
         if (PyDict_SetItem(env, K[per_request[i]], Py_None) < 0)
             goto error;
-    if (PyDict_SetItem(env, K[WK_SCRIPT_NAME], srv->script_name) < 0
+    if (PyDict_SetItem(env, K[WK_SCRIPT_NAME], src->script_name) < 0
         || PyDict_SetItem(env, K[WK_WSGI_VERSION], st->wsgi_version) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_URL_SCHEME], srv->url_scheme) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_MULTITHREAD], srv->nthreads > 0 ? Py_True : Py_False) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_MULTIPROCESS], srv->multiprocess ? Py_True : Py_False) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_URL_SCHEME], src->url_scheme) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_MULTITHREAD], src->multithread ? Py_True : Py_False) < 0
+        || PyDict_SetItem(env, K[WK_WSGI_MULTIPROCESS], src->multiprocess ? Py_True : Py_False) < 0
         || PyDict_SetItem(env, K[WK_WSGI_RUN_ONCE], Py_False) < 0
         || PyDict_SetItem(env, K[WK_WSGI_INPUT_TERMINATED], Py_True) < 0
-        || PyDict_SetItem(env, K[WK_WSGI_FILE_WRAPPER], srv->file_wrapper) < 0)
+        || PyDict_SetItem(env, K[WK_WSGI_FILE_WRAPPER], src->file_wrapper) < 0)
         goto error;
     return env;
 error:
@@ -792,21 +791,21 @@ error:
     return NULL;
 }
 
-static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *input)
+/* The environ for the request p parsed in base: a copy of template with
+ * the request's entries. The server and yimmo.parsers.build_wsgi_environ
+ * both come here, so the fuzzer sees what applications see. */
+static PyObject *environ_build(ymo_py_state *st, PyObject *template, const ymo_http_parser_t *p,
+                               const char *base, const ymo_py_environ_src_t *src, PyObject *input)
 {
-    ymo_py_state *st = srv->st;
     PyObject **K = st->wsgi_keys;
-    const char *base;
-    const ymo_http_parser_t *p = ymo_http_request(c, &base);
-    if (srv->environ_template == NULL && (srv->environ_template = environ_template(srv)) == NULL)
-        return NULL;
-    PyObject *env = PyDict_Copy(srv->environ_template);
+    PyObject *env = PyDict_Copy(template);
     if (env == NULL)
         return NULL;
 
     if (set_item(env, K[WK_REQUEST_METHOD],
                  ymo__py_method_str(st, base + p->method.off, p->method.len)) < 0
-        || set_item(env, K[WK_PATH_INFO], path_info(srv, base + p->path.off, p->path.len)) < 0
+        || set_item(env, K[WK_PATH_INFO],
+                    path_info(src->script_name, base + p->path.off, p->path.len)) < 0
         || set_item(env, K[WK_QUERY_STRING],
                     (p->flags & YMO_HTTP_F_HAS_QUERY)
                         ? PyUnicode_DecodeLatin1(base + p->query.off, p->query.len, NULL)
@@ -833,10 +832,15 @@ static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *in
     size_t hl = host != NULL ? host->value.len : 0;
     const char *t = base + p->target.off;
     if (p->target.len > 0 && t[0] != '/' && p->path.off > p->target.off) {
+        /* "scheme://authority[/path][?query]", as the parser checked it. The
+         * authority ends at the first '/' or '?': with no path, p->path is
+         * the second slash of "//" and cannot mark the end. */
         const char *sep = memchr(t, ':', p->target.len);
         size_t start = sep != NULL ? (size_t)(sep - t) + 3 : 0;
-        size_t end = p->path.off - p->target.off;
-        if (sep != NULL && start < end && start + 2 <= p->target.len && sep[1] == '/' && sep[2] == '/') {
+        size_t end = start;
+        while (end < p->target.len && t[end] != '/' && t[end] != '?')
+            end++;
+        if (sep != NULL && start < end && sep[1] == '/' && sep[2] == '/') {
             hv = t + start;
             hl = end - start;
         }
@@ -859,30 +863,28 @@ static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *in
                          PyUnicode_DecodeLatin1(hv + colon + 1, (Py_ssize_t)(hl - colon - 1), NULL)) < 0)
                 goto error;
         } else {
-            int https = ymo_tls_active(c)
-                        || PyUnicode_CompareWithASCIIString(srv->url_scheme, "https") == 0;
+            int https = src->tls
+                        || PyUnicode_CompareWithASCIIString(src->url_scheme, "https") == 0;
             if (set_item(env, K[WK_SERVER_PORT], PyUnicode_FromString(https ? "443" : "80")) < 0)
                 goto error;
         }
-    } else if (c->local != NULL
-               && (c->local->ss_family == AF_INET || c->local->ss_family == AF_INET6)) {
+    } else if (src->local != NULL
+               && (src->local->ss_family == AF_INET || src->local->ss_family == AF_INET6)) {
         /* RFC 3875 4.1.14-15: the address the request came in on. */
         char name[INET6_ADDRSTRLEN];
         int lport;
-        ymo_sockaddr_host(c->local, name, &lport);
+        ymo_sockaddr_host(src->local, name, &lport);
         if (set_item(env, K[WK_SERVER_NAME], PyUnicode_FromString(name)) < 0
             || set_item(env, K[WK_SERVER_PORT], uint_str((unsigned long)lport)) < 0)
             goto error;
-    } else if (PyDict_SetItem(env, K[WK_SERVER_NAME], srv->server_name) < 0
-               || PyDict_SetItem(env, K[WK_SERVER_PORT], srv->server_port) < 0) {
+    } else if (PyDict_SetItem(env, K[WK_SERVER_NAME], src->server_name) < 0
+               || PyDict_SetItem(env, K[WK_SERVER_PORT], src->server_port) < 0) {
         goto error;
     }
 
-    size_t alen;
-    int port;
-    const char *addr = ymo_conn_peer_host(c, &alen, &port);
-    if (set_item(env, K[WK_REMOTE_ADDR], PyUnicode_DecodeLatin1(addr, (Py_ssize_t)alen, NULL)) < 0
-        || set_item(env, K[WK_REMOTE_PORT], uint_str((unsigned long)port)) < 0)
+    if (set_item(env, K[WK_REMOTE_ADDR],
+                 PyUnicode_DecodeLatin1(src->remote, (Py_ssize_t)src->remote_len, NULL)) < 0
+        || set_item(env, K[WK_REMOTE_PORT], uint_str((unsigned long)src->remote_port)) < 0)
         goto error;
 
     /* sys.stderr as it is now (it may have been replaced), looked up with
@@ -891,13 +893,50 @@ static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *in
     if (errors == NULL)
         PyErr_Clear();
     if (PyDict_SetItem(env, K[WK_WSGI_INPUT], input) < 0
-        || set_item(env, K[WK_WSGI_ERRORS], errors != NULL ? errors : Py_NewRef(Py_None)) < 0
-        || ymo__py_tls_environ(env, c) < 0)
+        || set_item(env, K[WK_WSGI_ERRORS], errors != NULL ? errors : Py_NewRef(Py_None)) < 0)
         goto error;
     return env;
 error:
     Py_DECREF(env);
     return NULL;
+}
+
+/* A live connection's environ: the server's settings, c's addresses. */
+static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *input)
+{
+    const char *base;
+    const ymo_http_parser_t *p = ymo_http_request(c, &base);
+    ymo_py_environ_src_t src = {
+        .script_name = srv->script_name,
+        .url_scheme = srv->url_scheme,
+        .file_wrapper = srv->file_wrapper,
+        .multithread = srv->nthreads > 0,
+        .multiprocess = srv->multiprocess,
+        .server_name = srv->server_name,
+        .server_port = srv->server_port,
+        .local = c->local,
+        .tls = ymo_tls_active(c),
+    };
+    src.remote = ymo_conn_peer_host(c, &src.remote_len, &src.remote_port);
+    if (srv->environ_template == NULL
+        && (srv->environ_template = environ_template(srv->st, &src)) == NULL)
+        return NULL;
+    PyObject *env = environ_build(srv->st, srv->environ_template, p, base, &src, input);
+    /* The https and SSL_* entries need the live TLS session. */
+    if (env != NULL && ymo__py_tls_environ(env, c) < 0)
+        Py_CLEAR(env);
+    return env;
+}
+
+PyObject *ymo__py_wsgi_environ(ymo_py_state *st, const ymo_http_parser_t *p, const char *base,
+                               const ymo_py_environ_src_t *src, PyObject *input)
+{
+    PyObject *template = environ_template(st, src);
+    if (template == NULL)
+        return NULL;
+    PyObject *env = environ_build(st, template, p, base, src, input);
+    Py_DECREF(template);
+    return env;
 }
 
 /* --- Running the application -------------------------------------------- */
