@@ -67,7 +67,7 @@ valgrind)
     # The interpreter has valgrind reports of its own (uninitialised-value
     # chains inside CPython, AVX2 string over-reads in glibc). The verdict
     # is ours: no error whose stack passes through yimmo's code, and no
-    # definitely lost block at all.
+    # definitely lost block allocated through it.
     rc=0
     YIMMO_SANITIZED=1 PYTHONPATH="$OUT/valgrind/pkg" PYTHONMALLOC=malloc \
         valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite \
@@ -98,8 +98,14 @@ blocks = re.split(r"\n==\d+== \n", text)
 bad = [b for b in blocks
        if re.search(r"Invalid (read|write|free)|uninitialised|Mismatched|overlap", b)
        and implicates_us(b)]
-lost = re.search(r"definitely lost: ([\d,]+) bytes", text)
-lost = int(lost.group(1).replace(",", "")) if lost else 0
+# Definitely lost blocks allocated by yimmo's code. Other extensions the
+# tests import (cffi, cryptography's Rust bindings) leak a few bytes of
+# their own at import time.
+lost = 0
+for b in blocks:
+    m = re.search(r"([\d,]+) bytes in [\d,]+ blocks are definitely lost", b)
+    if m and ours.search(b):
+        lost += int(m.group(1).replace(",", ""))
 print("valgrind: %d error reports in yimmo's code, %d bytes definitely lost" % (len(bad), lost))
 for b in bad[:5]:
     print(b)
