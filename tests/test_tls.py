@@ -14,6 +14,7 @@ import functools
 import gc
 import hashlib
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -1184,3 +1185,51 @@ def test_peer_reset_does_not_raise_sigpipe(pki):
     finally:
         p.terminate()
         p.wait(IO_TIMEOUT)
+
+
+def test_response_head_and_body_leave_in_one_record(tls_serve, kind2):
+    """OpenSSL has no writev: the server gathers a response head and a small
+    body into one SSL_write, so they travel in one TLS record. Counted on the
+    wire under TLS 1.2, whose record types are in clear."""
+    live = tls_serve(kind2)
+    ctx = live.ctx(max_version=ssl.TLSVersion.TLSv1_2)
+    raw = socket.create_connection(live.address[:2], timeout=IO_TIMEOUT)
+    with raw:
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(inc, out, server_hostname="localhost")
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(out.read())
+                data = raw.recv(65536)
+                assert data, "EOF during the handshake"
+                inc.write(data)
+        raw.sendall(out.read())
+        # A short body is copied behind the head; a 10 KB one is referenced
+        # (a second iovec), and still shares the head's record.
+        for path, expect in (("/one", b"ok /one"), ("/big?n=10000", pattern(10000))):
+            tls.write(get_request(path))
+            raw.sendall(out.read())
+            wire, plain, records = b"", b"", []
+            while True:
+                while len(wire) < 5 or len(wire) < 5 + int.from_bytes(wire[3:5], "big"):
+                    data = raw.recv(65536)
+                    assert data, "EOF before the response"
+                    wire += data
+                n = 5 + int.from_bytes(wire[3:5], "big")
+                records.append(wire[0])
+                inc.write(wire[:n])
+                wire = wire[n:]
+                try:
+                    plain += tls.read(65536)
+                except ssl.SSLWantReadError:
+                    pass
+                head, sep, body = plain.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head + b"\r\n")
+                if sep and length and len(body) >= int(length.group(1)):
+                    break
+            assert plain.startswith(b"HTTP/1.1 200 ") and body == expect
+            assert records == [23], records     # one application_data record
+            assert wire == b""
