@@ -1233,3 +1233,32 @@ def test_response_head_and_body_leave_in_one_record(tls_serve, kind2):
             assert plain.startswith(b"HTTP/1.1 200 ") and body == expect
             assert records == [23], records     # one application_data record
             assert wire == b""
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_renegotiation_is_refused(tls_serve):
+    """A TLS 1.2 client asking to renegotiate (openssl s_client's R command)
+    gets the no_renegotiation alert; the server goes on serving."""
+    live = tls_serve("native")
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    p = subprocess.Popen(["openssl", "s_client", "-connect", "127.0.0.1:%d" % live.port,
+                          "-tls1_2", "-servername", "localhost", "-CAfile", live.pki.ca_pem],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env=env)
+    try:
+        seen = []
+        for line in p.stdout:   # The session summary ends the handshake's output.
+            seen.append(line)
+            if line.strip().startswith(b"Verify return code:"):
+                break
+        assert b"Verify return code: 0 (ok)" in b"".join(seen), b"".join(seen)
+        p.stdin.write(b"R\n")
+        p.stdin.flush()
+        out = p.communicate(timeout=IO_TIMEOUT)[0]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert b"RENEGOTIATING" in out and b"no renegotiation" in out, out
+    resp, body = live.request("GET", "/after")
+    assert (resp.status, body) == (200, b"ok /after")

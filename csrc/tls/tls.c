@@ -154,8 +154,10 @@ static SSL_CTX *new_ctx(ymo_tls_t *t, const ymo_tls_config_t *cfg, const ymo_tls
         set_err(err, errlen, "could not create a TLS context: %s", ssl_reason());
         return NULL;
     }
-    /* Renegotiation is refused (a client-driven CPU sink); an EOF without
-     * close_notify is an EOF: HTTP framing says where messages end. */
+    /* Renegotiation is refused (a client-driven CPU sink; OpenSSL 3 refuses
+     * client-initiated renegotiation by default, this says so whatever the
+     * build's defaults); an EOF without close_notify is an EOF: HTTP framing
+     * says where messages end. */
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE
                                  | SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
     /* Partial writes and a moving buffer: the output queue is written as
