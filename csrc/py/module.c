@@ -213,6 +213,7 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->wsmessage_type);
     Py_CLEAR(st->wsgi_websocket_type);
     ymo__py_wsgi_clear(st);
+    ymo__py_tls_clear(st);
     for (int i = 0; i < 9; i++)
         Py_CLEAR(st->str_methods[i]);
     Py_CLEAR(st->str_http10);

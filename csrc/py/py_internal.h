@@ -47,6 +47,14 @@ enum {
     WK__COUNT
 };
 
+/* The TLS environ's interned keys and fixed values (py/tls.c). */
+enum {
+    TS_HTTPS, TS_SSL_PROTOCOL, TS_SSL_CIPHER, TS_SSL_TLS_SNI, TS_SSL_CLIENT_VERIFY,
+    TS_SSL_CLIENT_S_DN, TS_SSL_CLIENT_I_DN, TS_SSL_CLIENT_CERT,
+    TS_https, TS_on, TS_NONE, TS_SUCCESS, TS_FAILED,
+    TS__COUNT
+};
+
 /* Request headers whose HTTP_* key is interned rather than built. */
 #define YMO_WSGI_COMMON_HEADERS 24
 
@@ -73,6 +81,11 @@ typedef struct {
     PyObject *str_empty;        /* "" */
     PyObject *sys_module;       /* sys, for sys.stderr (wsgi.errors) */
     PyObject *str_stderr;       /* "stderr" */
+    PyObject *tls_strs[TS__COUNT];  /* TLS environ keys and fixed values */
+    struct {                    /* OpenSSL's static version and cipher names */
+        const char *name;
+        PyObject *str;
+    } tls_names[8];
 } ymo_py_state;
 
 extern PyModuleDef ymo__py_module_def;
@@ -94,6 +107,7 @@ int ymo__py_wsgi_init(PyObject *module, ymo_py_state *st);
 int ymo__py_ws_init(PyObject *module, ymo_py_state *st);
 int ymo__py_wsgi_ws_init(PyObject *module, ymo_py_state *st);
 int ymo__py_tls_init(PyObject *module, ymo_py_state *st);
+void ymo__py_tls_clear(ymo_py_state *st);
 /* The engine's WebSocket hooks. */
 void ymo__py_ws_hooks(ymo_server_hooks_t *hooks);
 void ymo__py_wsgi_clear(ymo_py_state *st);
@@ -122,7 +136,7 @@ int ymo__py_tls_load(PyObject *o, struct ymo_tls_s **out);
 PyObject *ymo__py_tls_info(ymo_conn_t *c);
 /* The https and SSL_* environ entries on a TLS connection: 1 when set, 0
  * on plain connections, -1 on error. */
-int ymo__py_tls_environ(PyObject *env, ymo_conn_t *c);
+int ymo__py_tls_environ(ymo_py_state *st, PyObject *env, ymo_conn_t *c);
 
 /* yimmo.Server. */
 typedef struct {

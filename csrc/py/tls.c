@@ -386,26 +386,66 @@ PyObject *ymo__py_tls_info(ymo_conn_t *c)
     return d;
 }
 
-int ymo__py_tls_environ(PyObject *env, ymo_conn_t *c)
+static const char *const tls_str_names[TS__COUNT] = {
+    "HTTPS", "SSL_PROTOCOL", "SSL_CIPHER", "SSL_TLS_SNI", "SSL_CLIENT_VERIFY",
+    "SSL_CLIENT_S_DN", "SSL_CLIENT_I_DN", "SSL_CLIENT_CERT",
+    "https", "on", "NONE", "SUCCESS", "FAILED",
+};
+
+/* OpenSSL's version and cipher names are static strings: each one's str is
+ * made once and found again by address. New reference. */
+static PyObject *tls_name(ymo_py_state *st, const char *name)
+{
+    if (name == NULL)
+        return Py_NewRef(Py_None);
+    size_t n = sizeof(st->tls_names) / sizeof(st->tls_names[0]);
+    for (size_t i = 0; i < n; i++) {
+        if (st->tls_names[i].name == name)
+            return Py_NewRef(st->tls_names[i].str);
+        if (st->tls_names[i].name == NULL) {
+            PyObject *str = PyUnicode_InternFromString(name);
+            if (str == NULL)
+                return NULL;
+            st->tls_names[i].name = name;
+            st->tls_names[i].str = Py_NewRef(str);
+            return str;
+        }
+    }
+    return str_or_none(name);
+}
+
+/* Put key: value (a new reference, stolen) into d; key is borrowed. */
+static int put_key(PyObject *d, PyObject *key, PyObject *value)
+{
+    if (value == NULL)
+        return -1;
+    int r = PyDict_SetItem(d, key, value);
+    Py_DECREF(value);
+    return r;
+}
+
+int ymo__py_tls_environ(ymo_py_state *st, PyObject *env, ymo_conn_t *c)
 {
     ymo_tls_info_t info;
     if (!ymo_tls_info(c, &info))
         return 0;
+    PyObject *const *k = st->tls_strs;
     X509 *peer = ymo_tls_peer_cert(c);
+    int verify = peer == NULL ? TS_NONE : info.peer_verified ? TS_SUCCESS : TS_FAILED;
     /* The names mod_ssl and its followers give these (RFC 3875 leaves
      * them to the server). */
-    if (put(env, "wsgi.url_scheme", PyUnicode_FromString("https")) < 0
-        || put(env, "HTTPS", PyUnicode_FromString("on")) < 0
-        || put(env, "SSL_PROTOCOL", str_or_none(info.version)) < 0
-        || put(env, "SSL_CIPHER", str_or_none(info.cipher)) < 0
-        || (info.server_name != NULL && put(env, "SSL_TLS_SNI", str_or_none(info.server_name)) < 0)
-        || put(env, "SSL_CLIENT_VERIFY",
-               PyUnicode_FromString(peer == NULL ? "NONE" : info.peer_verified ? "SUCCESS" : "FAILED")) < 0)
+    if (PyDict_SetItem(env, st->wsgi_keys[WK_WSGI_URL_SCHEME], k[TS_https]) < 0
+        || PyDict_SetItem(env, k[TS_HTTPS], k[TS_on]) < 0
+        || put_key(env, k[TS_SSL_PROTOCOL], tls_name(st, info.version)) < 0
+        || put_key(env, k[TS_SSL_CIPHER], tls_name(st, info.cipher)) < 0
+        || (info.server_name != NULL
+            && put_key(env, k[TS_SSL_TLS_SNI], str_or_none(info.server_name)) < 0)
+        || PyDict_SetItem(env, k[TS_SSL_CLIENT_VERIFY], k[verify]) < 0)
         return -1;
     if (peer != NULL
-        && (put(env, "SSL_CLIENT_S_DN", name_str(X509_get_subject_name(peer))) < 0
-            || put(env, "SSL_CLIENT_I_DN", name_str(X509_get_issuer_name(peer))) < 0
-            || put(env, "SSL_CLIENT_CERT", cert_pem(peer)) < 0))
+        && (put_key(env, k[TS_SSL_CLIENT_S_DN], name_str(X509_get_subject_name(peer))) < 0
+            || put_key(env, k[TS_SSL_CLIENT_I_DN], name_str(X509_get_issuer_name(peer))) < 0
+            || put_key(env, k[TS_SSL_CLIENT_CERT], cert_pem(peer)) < 0))
         return -1;
     return 1;
 }
@@ -419,5 +459,20 @@ static PyMethodDef tls_functions[] = {
 
 int ymo__py_tls_init(PyObject *module, ymo_py_state *st)
 {
+    for (int i = 0; i < TS__COUNT; i++) {
+        st->tls_strs[i] = PyUnicode_InternFromString(tls_str_names[i]);
+        if (st->tls_strs[i] == NULL)
+            return -1;
+    }
     return PyModule_AddFunctions(module, tls_functions);
+}
+
+void ymo__py_tls_clear(ymo_py_state *st)
+{
+    for (int i = 0; i < TS__COUNT; i++)
+        Py_CLEAR(st->tls_strs[i]);
+    for (size_t i = 0; i < sizeof(st->tls_names) / sizeof(st->tls_names[0]); i++) {
+        st->tls_names[i].name = NULL;
+        Py_CLEAR(st->tls_names[i].str);
+    }
 }

@@ -923,7 +923,7 @@ static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *in
         return NULL;
     PyObject *env = environ_build(srv->st, srv->environ_template, p, base, &src, input);
     /* The https and SSL_* entries need the live TLS session. */
-    if (env != NULL && ymo__py_tls_environ(env, c) < 0)
+    if (env != NULL && ymo__py_tls_environ(srv->st, env, c) < 0)
         Py_CLEAR(env);
     return env;
 }

@@ -165,6 +165,9 @@ static SSL_CTX *new_ctx(ymo_tls_t *t, const ymo_tls_config_t *cfg, const ymo_tls
      * another address. Idle connections give their record buffers back. */
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                               | SSL_MODE_RELEASE_BUFFERS);
+    /* One TLS 1.3 session ticket per handshake rather than OpenSSL's two:
+     * a client resumes with one, and each costs a session serialization. */
+    SSL_CTX_set_num_tickets(ctx, 1);
     int minv = cfg->min_version ? cfg->min_version : TLS1_2_VERSION;
     if (minv != TLS1_2_VERSION && minv != TLS1_3_VERSION) {
         set_err(err, errlen, "min_version must be TLS 1.2 or 1.3");
