@@ -16,6 +16,7 @@ import gc
 import hashlib
 import os
 import re
+import resource
 import shutil
 import socket
 import ssl
@@ -182,6 +183,68 @@ def test_pipelined_requests_over_tls(tls_serve, kind3):
     assert [(r.status, r.body) for r in responses] == [(200, b"ok /a"), (200, body), (200, b"ok /c")]
     assert responses[2].has_token("connection", "close")
     assert live.app.paths() == ["/a", "/echo", "/c"]
+
+
+class BioClient:
+    """A TLS client over a raw socket through memory BIOs, so the test
+    decides which encrypted bytes go out and when."""
+
+    def __init__(self, live):
+        self.sock = socket.create_connection(live.address[:2], timeout=IO_TIMEOUT)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = live.ctx().wrap_bio(self.inc, self.out, server_hostname="localhost")
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.out.read())
+                self._fill()
+        self.sock.sendall(self.out.read())  # The client's Finished.
+
+    def _fill(self):
+        data = self.sock.recv(65536)
+        assert data, "EOF from the server"
+        self.inc.write(data)
+
+    def records(self, plain):
+        """plain as the encrypted bytes that would be sent."""
+        self.tls.write(plain)
+        return self.out.read()
+
+    def read_until(self, marker):
+        got = b""
+        while marker not in got:
+            try:
+                got += self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                self._fill()
+        return got
+
+
+def test_a_partial_record_waits_without_spinning(tls_serve, kind2):
+    """With read-ahead the server takes a whole request record and half of
+    the next in one read: the first is answered at once, the half record
+    waits for its rest with the loop idle (not fed again and again)."""
+    live = tls_serve(kind2)
+    c = BioClient(live)
+    try:
+        one = c.records(get_request("/one"))
+        two = c.records(get_request("/two", headers=[("Connection", "close")]))
+        half = len(two) // 2
+        c.sock.sendall(one + two[:half])
+        assert b"ok /one" in c.read_until(b"ok /one")
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0, t0 = usage.ru_utime + usage.ru_stime, time.monotonic()
+        time.sleep(0.5)  # An idle loop burns no CPU while the rest is due.
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        busy = (usage.ru_utime + usage.ru_stime - cpu0) / (time.monotonic() - t0)
+        assert busy < 0.3, "the server used %.0f%% of a CPU waiting for a record" % (busy * 100)
+        c.sock.sendall(two[half:])
+        assert b"ok /two" in c.read_until(b"ok /two")
+    finally:
+        c.sock.close()
+    assert live.app.paths() == ["/one", "/two"]
 
 
 def test_normal_close_sends_close_notify(tls_serve, kind2):

@@ -214,8 +214,10 @@ drop:
  * carried out at check-in, on the loop thread. */
 #define CHECKED_OUT(c) ((c)->flags & YMO_CONN_CHECKED_OUT)
 
-/* Input the transport has already taken from the socket (a decrypted
- * record) raises no readiness event: deliver it in the next iteration. */
+/* Input the transport has already taken from the socket (TLS records read
+ * ahead) raises no readiness event: deliver it in the next iteration. Not
+ * after a read that returned -EAGAIN: what is left then is an incomplete
+ * record, and the socket announces the rest. */
 static void feed_pending(ymo_conn_t *c)
 {
     if (c->transport->pending != NULL && (c->flags & YMO_CONN_READING)
@@ -295,7 +297,7 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         linger_read(c);
         return;
     }
-    int got = 0;
+    int got = 0, again = 0;
     for (int i = 0; i < 4; i++) {
         if (ymo_conn_reserve(c, s->cfg.read_size) < 0) {
             ymo__log(s, YMO_LOG_ERROR, "out of memory reading from a connection");
@@ -314,6 +316,7 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         if (n == -EAGAIN) {
             if (c->flags & YMO_CONN_READ_WANTS_WRITE)
                 ev_io_start(loop, &c->wio);
+            again = 1;
             break;
         }
         /* EOF or a failed read: let the protocol see what arrived first. */
@@ -330,7 +333,7 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         c->proto->on_data(c);
     else
         ymo_conn_release_input(c);
-    if (!(c->flags & YMO_CONN_CLOSED))
+    if (!again && !(c->flags & YMO_CONN_CLOSED))
         feed_pending(c);
 }
 

@@ -168,6 +168,10 @@ static SSL_CTX *new_ctx(ymo_tls_t *t, const ymo_tls_config_t *cfg, const ymo_tls
     /* One TLS 1.3 session ticket per handshake rather than OpenSSL's two:
      * a client resumes with one, and each costs a session serialization. */
     SSL_CTX_set_num_tickets(ctx, 1);
+    /* Read ahead: a record's header and body, and a whole flight of
+     * records, come in one recv() rather than two per record. What is read
+     * beyond the record being returned is announced by tls_pending(). */
+    SSL_CTX_set_read_ahead(ctx, 1);
     int minv = cfg->min_version ? cfg->min_version : TLS1_2_VERSION;
     if (minv != TLS1_2_VERSION && minv != TLS1_3_VERSION) {
         set_err(err, errlen, "min_version must be TLS 1.2 or 1.3");
@@ -534,7 +538,7 @@ static void tls_shutdown(ymo_conn_t *c)
 static size_t tls_pending(ymo_conn_t *c)
 {
     tls_conn_t *tc = TLS_CONN(c);
-    return tc != NULL && tc->state == T_OPEN ? (size_t)SSL_pending(tc->ssl) : 0;
+    return tc != NULL && tc->state == T_OPEN ? (size_t)SSL_has_pending(tc->ssl) : 0;
 }
 
 static void tls_free(ymo_conn_t *c)

@@ -77,8 +77,10 @@ typedef struct {
     /* Send len bytes of file fd from off; bytes sent or -errno. NULL when
      * the transport cannot (TLS): the file is read and written instead. */
     ssize_t (*sendfile)(ymo_conn_t *c, int fd, uint64_t off, size_t len);
-    /* Optional: bytes already read from the socket and not yet returned
-     * (a decrypted record), which no readiness event will announce. */
+    /* Optional: nonzero when input already taken from the socket waits
+     * inside the transport (TLS records read ahead), which no readiness
+     * event will announce. It may be an incomplete record: a read that
+     * then returns -EAGAIN needs the socket again. */
     size_t (*pending)(ymo_conn_t *c);
     /* Optional: release the transport's state (the socket is still open). */
     void (*free)(ymo_conn_t *c);
