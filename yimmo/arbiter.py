@@ -583,6 +583,7 @@ class Arbiter:
         self.app = None
         self.listeners = []
         self.workers = {}                     # pid -> Worker
+        self.exited = {}                      # pid -> Worker: reaped, boot report maybe unread
         self.num_workers = settings.workers
         self.gen = 0
         self.spawned = 0
@@ -716,6 +717,10 @@ class Arbiter:
             except ValueError:
                 continue
             w = self.workers.get(pid)
+            if w is None:
+                # A worker can write its report and exit between the read
+                # before waitpid() and waitpid() itself.
+                w = self.exited.pop(pid, None)
             if kind == "R":
                 if w is not None:
                     w.ready = True
@@ -871,6 +876,9 @@ class Arbiter:
             w = self.workers.pop(pid, None)
             if w is None:
                 continue
+            self.exited[pid] = w
+            while len(self.exited) > 64:
+                del self.exited[next(iter(self.exited))]
             w.beat.close()
             if os.WIFSIGNALED(status):
                 sig = os.WTERMSIG(status)
