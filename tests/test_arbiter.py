@@ -5,6 +5,7 @@ logs the real port), waits for its workers' "ready" log lines, then signals
 only the processes it started.
 """
 import os
+import platform
 import re
 import signal
 import socket
@@ -424,3 +425,14 @@ def test_worker_memory_stays_flat_over_a_long_run(server, tmp_path):
     _hammer(y, 2000)                    # 100,000 requests on 2,000 connections.
     after = _rss_kib(pid)
     assert after - before < 1024, "worker RSS grew %d KiB over 100,000 requests" % (after - before)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc settings")
+def test_workers_tune_glibc_malloc_unless_the_environment_does(server):
+    y = server("hello:application")
+    assert y.get("/malloc-tuned")[2] == b"True"
+    for env in ({"MALLOC_TRIM_THRESHOLD_": "131072"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}):
+        y = server("hello:application", env=env)
+        assert y.get("/malloc-tuned")[2] == b"False", env
+    with pytest.raises(ValueError, match="must not be negative"):
+        yimmo._yimmo._tune_malloc(-1, 0)

@@ -21,7 +21,11 @@ def application(environ, start_response):
             with open(mark, "a") as f:
                 f.write("start %d\n" % os.getpid())
         time.sleep(float(path[len("/sleep/"):]))
-    body = ("hello from %d\n" % os.getpid()).encode()
+    if path == "/malloc-tuned":
+        import yimmo.arbiter
+        body = repr(yimmo.arbiter.malloc_tuned).encode()
+    else:
+        body = ("hello from %d\n" % os.getpid()).encode()
     start_response("200 OK", [("Content-Type", "text/plain"),
                               ("Content-Length", str(len(body))),
                               ("X-Pid", str(os.getpid()))])
