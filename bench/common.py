@@ -289,6 +289,62 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
+def proc_cpu_ticks(pid):
+    """utime+stime of one process in clock ticks, or None once it is gone."""
+    try:
+        return _stat(pid)[1]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_marked_load(cmd, server, name, result_key, limit, extra=lambda: None):
+    """Run one of bench/'s C load generators (wsload, tlsload) against a
+    running server. They print "start" and "stop" around the counted period
+    and end with a line of KEY=VALUE pairs that starts with result_key.
+
+    At each mark: the time, the server tree's and the load generator's CPU
+    ticks, and extra(). The server tree's peak RSS is sampled in between.
+    limit bounds the whole run in seconds (the generator ends by itself;
+    this only guards a hang). Returns (result dict, {mark: tuple}, peak RSS,
+    stderr); raises RuntimeError when the run or the server failed."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(limit, p.kill)
+    timer.start()
+    sampler = RssSampler(server.pid)
+    marks, result, err = {}, None, ""
+    try:
+        for line in p.stdout:
+            line = line.strip()
+            if line in ("start", "stop"):
+                marks[line] = (time.monotonic(), tree_cpu_ticks(server.pid),
+                               proc_cpu_ticks(p.pid), extra())
+                if line == "start":
+                    sampler.start()
+            elif line.startswith(result_key + "="):
+                result = dict(kv.split("=", 1) for kv in line.split())
+        err = p.stderr.read()
+        p.wait()
+    finally:
+        timer.cancel()
+        peak = sampler.finish() if sampler.is_alive() else None
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    if p.returncode != 0 or result is None or "start" not in marks or "stop" not in marks:
+        raise RuntimeError("%s failed (status %s): %s"
+                           % (name, p.returncode, (err.strip().splitlines() or ["no output"])[-1]))
+    if server.poll() is not None:
+        raise RuntimeError("server exited with status %d during the run" % server.returncode)
+    return result, marks, peak, err
+
+
+def marked_cpu_s(marks, i):
+    """CPU seconds between the start and stop marks of field i (1: server
+    tree, 2: load generator), or None when a reading is missing."""
+    a, b = marks["start"][i], marks["stop"][i]
+    return (b - a) / TICKS if a is not None and b is not None else None
+
+
 # --- wrk ----------------------------------------------------------------------------
 
 _UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}

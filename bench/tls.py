@@ -48,12 +48,11 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import (APPS, HERE, HOST, RESULTS, ROOT, TICKS, WSGI_SERVERS, fmt_mib,  # noqa: E402
+from common import (HERE, HOST, RESULTS, ROOT, WSGI_SERVERS, fmt_mib,  # noqa: E402
                     fmt_us, log, ratio)
 
 APP = "wsgi_bench:app"
@@ -187,13 +186,6 @@ def build_tlsload(cc):
     return TLSLOAD_BIN
 
 
-def _cpu_ticks(pid):
-    try:
-        return common._stat(pid)[1]
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def wrk_cmd(args, port, seconds, tls):
     cmd = common.wrk_cmd(port, seconds, threads=args.threads, connections=args.connections,
                          cpu=args.client_cpu)
@@ -226,41 +218,13 @@ def run_tlsload(binary, server, port, args, mode):
            str(args.tlsload_warmup), mode, HELLO.decode()]
     if args.client_cpu is not None:
         cmd = ["taskset", "-c", args.client_cpu] + cmd
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # A bound on the whole run: tlsload ends by itself, this only guards a hang.
-    timer = threading.Timer(args.duration + args.tlsload_warmup + 30, p.kill)
-    timer.start()
-    sampler = common.RssSampler(server.pid)
-    marks, result = {}, None
-    try:
-        for line in p.stdout:
-            line = line.strip()
-            if line in ("start", "stop"):
-                marks[line] = (time.monotonic(), common.tree_cpu_ticks(server.pid),
-                               _cpu_ticks(p.pid), active_opens())
-                if line == "start":
-                    sampler.start()
-            elif line.startswith("handshakes="):
-                result = dict(kv.split("=", 1) for kv in line.split())
-        err = p.stderr.read()
-        p.wait()
-    finally:
-        timer.cancel()
-        peak = sampler.finish() if sampler.is_alive() else None
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    if p.returncode != 0 or result is None or "start" not in marks or "stop" not in marks:
-        raise RuntimeError("tlsload failed (status %s): %s"
-                           % (p.returncode, (err.strip().splitlines() or ["no output"])[-1]))
-    if server.poll() is not None:
-        raise RuntimeError("server exited with status %d during the run" % server.returncode)
+    result, marks, peak, err = common.run_marked_load(
+        cmd, server, "tlsload", "handshakes", args.duration + args.tlsload_warmup + 30,
+        extra=active_opens)
     n = int(result["handshakes"])
     secs = float(result["seconds"])
-    cpu_s = (marks["stop"][1] - marks["start"][1]) / TICKS
-    client_s = None
-    if marks["start"][2] is not None and marks["stop"][2] is not None:
-        client_s = (marks["stop"][2] - marks["start"][2]) / TICKS
+    cpu_s = common.marked_cpu_s(marks, 1)
+    client_s = common.marked_cpu_s(marks, 2)
     conns = marks["stop"][3] - marks["start"][3]
     return {
         "requests": n, "seconds": secs, "rps": n / secs,

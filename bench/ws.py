@@ -24,12 +24,11 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import APPS, HERE, HOST, RESULTS, ROOT, TICKS, fmt_mib, log, ratio  # noqa: E402
+from common import APPS, HERE, HOST, RESULTS, ROOT, fmt_mib, log, ratio  # noqa: E402
 
 WSLOAD_SRC = os.path.join(HERE, "wsload.c")
 WSLOAD_BIN = os.path.join(ROOT, "build", "wsload")
@@ -83,59 +82,20 @@ def build_wsload(cc):
     return WSLOAD_BIN
 
 
-def _proc_cpu_ticks(pid):
-    try:
-        return common._stat(pid)[1]
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def run_wsload(binary, server, port, conns, size, seconds, warmup, client_cpu):
     """Run wsload against the running server; read the server tree's CPU time
     when wsload starts and stops counting. Returns the row's figures."""
     cmd = [binary, HOST, str(port), str(conns), str(size), str(seconds), str(warmup)]
     if client_cpu is not None:
         cmd = ["taskset", "-c", client_cpu] + cmd
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # A bound on the whole run: wsload ends by itself, this only guards a hang.
-    timer = threading.Timer(seconds + warmup + 30, p.kill)
-    timer.start()
-    sampler = common.RssSampler(server.pid)
-    marks, result = {}, None
-    try:
-        for line in p.stdout:
-            line = line.strip()
-            if line in ("start", "stop"):
-                marks[line] = (time.monotonic(), common.tree_cpu_ticks(server.pid),
-                               _proc_cpu_ticks(p.pid))
-                if line == "start":
-                    sampler.start()
-            elif line.startswith("roundtrips="):
-                result = dict(kv.split("=", 1) for kv in line.split())
-        err = p.stderr.read()
-        p.wait()
-    finally:
-        timer.cancel()
-        if sampler.is_alive():
-            peak = sampler.finish()
-        else:
-            peak = None
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    if p.returncode != 0 or result is None or "start" not in marks or "stop" not in marks:
-        raise RuntimeError("wsload failed (status %s): %s"
-                           % (p.returncode, (err.strip().splitlines() or ["no output"])[-1]))
-    if server.poll() is not None:
-        raise RuntimeError("server exited with status %d during the run" % server.returncode)
+    result, marks, peak, _ = common.run_marked_load(cmd, server, "wsload", "roundtrips",
+                                                    seconds + warmup + 30)
     rt = int(result["roundtrips"])
     secs = float(result["seconds"])
     if rt == 0:
         raise RuntimeError("no round trip completed")
-    cpu_s = (marks["stop"][1] - marks["start"][1]) / TICKS
-    client_cpu_s = None
-    if marks["start"][2] is not None and marks["stop"][2] is not None:
-        client_cpu_s = (marks["stop"][2] - marks["start"][2]) / TICKS
+    cpu_s = common.marked_cpu_s(marks, 1)
+    client_cpu_s = common.marked_cpu_s(marks, 2)
     return {
         "roundtrips": rt, "seconds": secs, "rps": rt / secs,
         "bytes": int(result["bytes"]), "mbps": int(result["bytes"]) / secs / 1e6,
