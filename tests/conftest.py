@@ -5,6 +5,7 @@ fixture runs Server.run() on a background thread, waits until the listening
 socket accepts, and at teardown calls stop() and asserts that run() returned.
 """
 import http.client
+import logging
 import os
 import socket
 import threading
@@ -118,7 +119,12 @@ def server():
         return live
 
     yield start
+    stop_servers(started)
 
+
+def stop_servers(started):
+    """Teardown of the server fixtures: stop every LiveServer started, then
+    raise the first failure (a run() that did not return cleanly)."""
     failures = []
     for live in started:
         try:
@@ -127,6 +133,13 @@ def server():
             failures.append(e)
     if failures:
         raise failures[0]
+
+
+def assert_no_logged_errors(records):
+    """No log record at ERROR or above (the `yimmo` logger's, as captured)."""
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    assert not errors, "unexpected yimmo errors: %s" % "; ".join(
+        "%s (%r)" % (r.getMessage(), r.exc_info[1] if r.exc_info else None) for r in errors)
 
 
 # ---------------------------------------------------------------------------

@@ -25,7 +25,8 @@ import time
 import pytest
 
 import yimmo
-from conftest import LiveServer, RawConn, get_request, parse_responses, wait_accepting, wait_for
+from conftest import (LiveServer, RawConn, assert_no_logged_errors, get_request, parse_responses,
+                      stop_servers, wait_accepting, wait_for)
 
 MiB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -123,18 +124,9 @@ def serve():
 
     try:
         yield start
-        failures = []
-        for live in started:
-            try:
-                live.stop_and_wait()
-            except BaseException as e:
-                failures.append(e)
-        if failures:
-            raise failures[0]
+        stop_servers(started)
         if not any(live.expect_errors for live in started):
-            errors = [r for r in log.records if r.levelno >= logging.ERROR]
-            assert not errors, "unexpected yimmo errors: %s" % "; ".join(
-                r.getMessage() for r in errors)
+            assert_no_logged_errors(log.records)
     finally:
         for live in started:
             if not live.returned.is_set():

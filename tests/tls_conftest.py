@@ -35,7 +35,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 import yimmo
-from conftest import IO_TIMEOUT, LiveServer, RawConn, wait_accepting
+from conftest import (IO_TIMEOUT, LiveServer, RawConn, assert_no_logged_errors, stop_servers,
+                      wait_accepting)
 
 MiB = 1024 * 1024
 KEY_PASSWORD = "correct horse"
@@ -350,19 +351,9 @@ def tls_serve(pki):
 
     try:
         yield start
-        failures = []
-        for live in started:
-            try:
-                live.stop_and_wait()
-            except BaseException as e:
-                failures.append(e)
-        if failures:
-            raise failures[0]
+        stop_servers(started)
         if not any(live.expect_errors for live in started):
-            errors = log.errors()
-            assert not errors, "unexpected yimmo errors: %s" % "; ".join(
-                "%s (%r)" % (r.getMessage(), r.exc_info[1] if r.exc_info else None)
-                for r in errors)
+            assert_no_logged_errors(log.records)
     finally:
         for live in started:
             if not live.returned.is_set():

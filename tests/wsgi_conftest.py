@@ -18,7 +18,7 @@ import wsgiref.validate
 import pytest
 
 import yimmo
-from conftest import LiveServer, wait_accepting, wait_for
+from conftest import LiveServer, assert_no_logged_errors, stop_servers, wait_accepting, wait_for
 
 # For a module's pytestmark: the validator's warnings become errors in the app.
 STRICT_WARNINGS = [
@@ -95,19 +95,9 @@ def wsgi_server(request):
 
     try:
         yield start
-        failures = []
-        for live in started:
-            try:
-                live.stop_and_wait()
-            except BaseException as e:
-                failures.append(e)
-        if failures:
-            raise failures[0]
+        stop_servers(started)
         if not expect["errors"]:
-            errors = [r for r in log.records if r.levelno >= logging.ERROR]
-            assert not errors, "unexpected yimmo errors: %s" % "; ".join(
-                "%s (%r)" % (r.getMessage(), r.exc_info[1] if r.exc_info else None)
-                for r in errors)
+            assert_no_logged_errors(log.records)
     finally:
         for live in started:
             if not live.returned.is_set():
