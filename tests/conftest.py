@@ -122,6 +122,27 @@ def server():
     stop_servers(started)
 
 
+class LogRecords(logging.Handler):
+    """Keeps the records of the `yimmo` logger (thread-safe: Handler locks
+    around emit)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def at(self, level):
+        return [r for r in self.records if r.levelno == level]
+
+    def errors(self):
+        return [r for r in self.records if r.levelno >= logging.ERROR]
+
+    def matching(self, text):
+        return [r for r in self.records if text in r.getMessage()]
+
+
 def stop_servers(started):
     """Teardown of the server fixtures: stop every LiveServer started, then
     raise the first failure (a run() that did not return cleanly)."""

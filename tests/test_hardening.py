@@ -25,8 +25,8 @@ import time
 import pytest
 
 import yimmo
-from conftest import (LiveServer, RawConn, assert_no_logged_errors, get_request, parse_responses,
-                      stop_servers, wait_accepting, wait_for)
+from conftest import (LiveServer, LogRecords, RawConn, assert_no_logged_errors, get_request,
+                      parse_responses, stop_servers, wait_accepting, wait_for)
 
 MiB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -50,20 +50,6 @@ def rss():
 
 
 # --- Servers ----------------------------------------------------------------
-
-
-class Recorder(logging.Handler):
-    """Keeps the `yimmo` logger's records (Handler serializes emit)."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def at(self, level):
-        return [r for r in self.records if r.levelno == level]
 
 
 class Counting:
@@ -96,7 +82,7 @@ def serve():
     fails on an ERROR record unless the test set live.expect_errors.
     """
     logger = logging.getLogger("yimmo")
-    log = Recorder()
+    log = LogRecords()
     old_level = logger.level
     logger.addHandler(log)
     logger.setLevel(logging.DEBUG)

@@ -35,8 +35,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 import yimmo
-from conftest import (IO_TIMEOUT, LiveServer, RawConn, assert_no_logged_errors, stop_servers,
-                      wait_accepting)
+from conftest import (IO_TIMEOUT, LiveServer, LogRecords, RawConn, assert_no_logged_errors,
+                      stop_servers, wait_accepting)
 
 MiB = 1024 * 1024
 KEY_PASSWORD = "correct horse"
@@ -274,20 +274,6 @@ class App:
         return [out]
 
 
-class Recorder(logging.Handler):
-    """Keeps the `yimmo` logger's records (Handler serializes emit)."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def errors(self):
-        return [r for r in self.records if r.levelno >= logging.ERROR]
-
-
 class LiveTLS(LiveServer):
     """A LiveServer with TLS client shortcuts (trusting pki's CAs)."""
 
@@ -322,7 +308,7 @@ def tls_serve(pki):
     validate=False. tls defaults to pki.tls(); pass tls=None for plain HTTP.
     """
     logger = logging.getLogger("yimmo")
-    log = Recorder()
+    log = LogRecords()
     old_level = logger.level
     logger.addHandler(log)
     logger.setLevel(logging.DEBUG)

@@ -18,27 +18,14 @@ import wsgiref.validate
 import pytest
 
 import yimmo
-from conftest import LiveServer, assert_no_logged_errors, stop_servers, wait_accepting, wait_for
+from conftest import (LiveServer, LogRecords, assert_no_logged_errors, stop_servers, wait_accepting,
+                      wait_for)
 
 # For a module's pytestmark: the validator's warnings become errors in the app.
 STRICT_WARNINGS = [
     pytest.mark.filterwarnings("error::wsgiref.validate.WSGIWarning"),
     pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
 ]
-
-
-class LogCollector(logging.Handler):
-    """Keeps the records of the `yimmo` logger (thread-safe: Handler locks)."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def matching(self, text):
-        return [r for r in self.records if text in r.getMessage()]
 
 
 class LiveWSGI(LiveServer):
@@ -71,7 +58,7 @@ def wsgi_server(request):
     test passes threads= itself.
     """
     logger = logging.getLogger("yimmo")
-    log = LogCollector()
+    log = LogRecords()
     old_level = logger.level
     logger.addHandler(log)
     logger.setLevel(logging.DEBUG)
