@@ -11,7 +11,8 @@
 # Fails when coverage is below the floor (COVERAGE_MIN_LINE / _BRANCH below,
 # set a point under what the suite reached, so that timing-dependent server
 # paths cannot turn it red; raise them as tests are added).
-# 2026-11-26: 82.1% of lines, 70.5% of branches, with the WebSocket code in.
+# 2026-11-26: 82.1% of lines, 70.5% of branches, with the WebSocket code in;
+# 85.2% and 73.9% with the TLS transport and its tests (floor 84 / 72).
 #
 # tests/test_cli.py and tests/test_arbiter.py are left out: they start
 # yimmo-wsgi in child processes, which import the in-place build, not this one.
@@ -19,8 +20,8 @@
 # fuzzing found) before the report; it is not part of the floor.
 set -euo pipefail
 
-COVERAGE_MIN_LINE=81
-COVERAGE_MIN_BRANCH=69
+COVERAGE_MIN_LINE=84
+COVERAGE_MIN_BRANCH=72
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
