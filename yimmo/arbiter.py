@@ -69,31 +69,6 @@ _SIGNAMES = {getattr(signal, n): n[3:].lower() for n in dir(signal)
              if n.startswith("SIG") and not n.startswith("SIG_") and isinstance(getattr(signal, n), int)}
 
 
-# glibc heap settings for workers (see tune_malloc); set by the user's own
-# MALLOC_* variables or GLIBC_TUNABLES instead, yimmo leaves them alone.
-MALLOC_TRIM_THRESHOLD = 16 << 20
-MALLOC_MMAP_THRESHOLD = 4 << 20
-_MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
-               "MALLOC_MMAP_MAX_")
-
-# In a worker: whether tune_malloc() applied its settings.
-malloc_tuned = None
-
-
-def tune_malloc(environ=os.environ):
-    """Keep glibc's heap from shrinking and growing on every large request.
-
-    Blocks under 4 MiB come from the heap, and up to 16 MiB free at its top
-    stay mapped: with glibc's sliding defaults a worker echoing 64 KiB bodies
-    was seen calling brk() and taking some 25 page faults on most requests.
-    Not when the environment sets glibc's malloc variables itself. True when
-    applied."""
-    if any(k in environ for k in _MALLOC_ENV) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
-        return False
-    from yimmo import _yimmo
-    return _yimmo._tune_malloc(MALLOC_TRIM_THRESHOLD, MALLOC_MMAP_THRESHOLD)
-
-
 def _server_class():
     import yimmo
     return yimmo.WSGIServer
@@ -463,9 +438,7 @@ class WorkerProcess:
             pass
 
     def _run(self):
-        global malloc_tuned
         a = self.arbiter
-        malloc_tuned = tune_malloc()
         for sig in _HANDLED:
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self._on_term)
@@ -613,6 +586,7 @@ class Arbiter:
         self.exited = {}                      # pid -> Worker: reaped, boot report maybe unread
         self.num_workers = settings.workers
         self.gen = 0
+        self.last_gen = 0                     # generations are never reused
         self.spawned = 0
         self.sig_queue = []
         self.held = []                        # startup log lines, until a worker is ready
@@ -965,7 +939,10 @@ class Arbiter:
         if self.app is not None:
             log.warning("Reload: the app was preloaded in the manager; new workers run the same code")
         self.reload_from = self.gen if self.reload_from is None else self.reload_from
-        self.gen += 1
+        # A fresh number even after a failed reload went back to the old one:
+        # a late report from that reload's workers must not match this one.
+        self.last_gen += 1
+        self.gen = self.last_gen
         self._manage()
 
     # -- stopping
