@@ -434,5 +434,3 @@ def test_workers_tune_glibc_malloc_unless_the_environment_does(server):
     for env in ({"MALLOC_TRIM_THRESHOLD_": "131072"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}):
         y = server("hello:application", env=env)
         assert y.get("/malloc-tuned")[2] == b"False", env
-    with pytest.raises(ValueError, match="must not be negative"):
-        yimmo._yimmo._tune_malloc(-1, 0)

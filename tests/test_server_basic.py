@@ -1,7 +1,10 @@
 """Requests and responses: what the handler sees and what the client gets."""
 import email.utils
 import os
+import platform
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -253,3 +256,37 @@ def test_responses_parse_with_the_raw_reader(server):
     data = raw_request(live.address, get_request("/") + get_request("/", headers=[("Connection", "close")]))
     rs = parse_responses(data)
     assert [(r.status, r.body) for r in rs] == [(200, b"hi"), (200, b"hi")]
+
+
+MALLOC_PROBE = """
+import sys, threading, yimmo
+kw = {} if sys.argv[1] == "default" else {"tune_malloc": sys.argv[1] == "True"}
+srv = yimmo.Server(lambda ex: None, port=0, **kw)
+before = yimmo._yimmo._malloc_tuned()
+t = threading.Thread(target=srv.run)
+t.start()
+srv.stop()
+t.join(10)
+print(before, yimmo._yimmo._malloc_tuned())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc settings")
+@pytest.mark.parametrize("arg, env, want", [
+    ("default", {}, "None True"),
+    ("True", {}, "None True"),
+    ("False", {}, "None None"),
+    ("default", {"MALLOC_TRIM_THRESHOLD_": "131072"}, "None False"),
+    ("default", {"MALLOC_MMAP_THRESHOLD_": "131072"}, "None False"),
+    ("default", {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}, "None False"),
+])
+def test_run_tunes_glibc_malloc_once_unless_told_not_to(arg, env, want):
+    """run() sets glibc's heap thresholds for the process (not the import,
+    not the constructor), unless tune_malloc=False or the environment sets
+    malloc's own variables."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", MALLOC_PROBE, arg], env={**base, **env},
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == want

@@ -122,6 +122,10 @@ PyObject *ymo__py_headers_new(ymo_py_state *st, PyObject *pairs);
 /* Raise yimmo.ParseError for a YMO_E* code. Returns NULL. */
 PyObject *ymo__py_raise_parse_error(ymo_py_state *st, int err);
 
+/* glibc's heap thresholds for a serving process (module.c), once, unless the
+ * environment sets malloc's own variables. 1 when applied, else 0. */
+int ymo__py_tune_malloc(void);
+
 /* Log the current exception with its traceback on the "yimmo" logger. */
 void ymo__py_log_exception(ymo_py_state *st, const char *msg);
 
@@ -160,6 +164,7 @@ typedef struct {
     ev_io sigio;
     ev_timer tick;
     PyObject *on_tick;          /* callable() every tick interval, or NULL */
+    int tune_malloc;            /* run() calls ymo__py_tune_malloc() */
     /* WSGIServer only. */
     int wsgi;
     int multiprocess;

@@ -364,6 +364,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         "max_headers", "on_tick", "tick_interval", "max_connections",
         "websocket", "ws_max_message", "ws_idle_timeout", "ws_send_limit", "ws_deflate",
         "read_size", "send_high_water", "ws_ping_interval", "ws_ping_timeout", "tls",
+        "tune_malloc",
         /* WSGIServer only, from here. */
         "url_scheme", "script_name", "multiprocess", "access_log", "threads",
         "body_buffer_size", NULL,
@@ -377,14 +378,15 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     int ws_deflate = 1;
     PyObject *read_size = NULL, *high_water = NULL, *ws_ping = NULL, *ws_ping_to = NULL;
     PyObject *tls_o = Py_None;
+    int tune_malloc = 1;
     PyObject *url_scheme = NULL, *script_name = NULL, *multiprocess = NULL;
     PyObject *access_log = NULL, *threads = NULL, *bbs = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOpOOOOOOOOOOO", kwlist, &handler,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOpOOOOOpOOOOOO", kwlist, &handler,
                                      &host_o, &port_o, &sock, &backlog_o, &reuse_port, &ka, &ht,
                                      &bt, &st_o, &mb, &mrl, &mhs, &mhb, &mh, &on_tick, &tick_o,
                                      &maxconn, &ws_routes, &ws_max, &ws_idle, &ws_limit, &ws_deflate,
                                      &read_size, &high_water, &ws_ping, &ws_ping_to, &tls_o,
-                                     &url_scheme, &script_name, &multiprocess, &access_log,
+                                     &tune_malloc, &url_scheme, &script_name, &multiprocess, &access_log,
                                      &threads, &bbs))
         return NULL;
     if (!wsgi && (url_scheme || script_name || multiprocess || access_log || bbs)) {
@@ -543,6 +545,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     self->sigfd[0] = self->sigfd[1] = -1;
     self->wsgi = wsgi;
     self->nthreads = (int)nthreads;
+    self->tune_malloc = tune_malloc;
     self->ws_config = wscfg;
     self->ws_routes = ws_routes != Py_None ? PyDict_Copy(ws_routes) : NULL;
     pthread_mutex_init(&self->garbage_lock, NULL);
@@ -767,6 +770,8 @@ static PyObject *server_run(YmoServerObject *self, PyObject *unused)
     }
     self->phase = 1;
     Py_INCREF(self);
+    if (self->tune_malloc)
+        ymo__py_tune_malloc();
     if (self->on_tick != NULL) {
         ev_timer_again(self->srv.loop, &self->tick);
         ev_unref(self->srv.loop);

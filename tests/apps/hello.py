@@ -22,8 +22,8 @@ def application(environ, start_response):
                 f.write("start %d\n" % os.getpid())
         time.sleep(float(path[len("/sleep/"):]))
     if path == "/malloc-tuned":
-        import yimmo.arbiter
-        body = repr(yimmo.arbiter.malloc_tuned).encode()
+        import yimmo
+        body = repr(yimmo._yimmo._malloc_tuned()).encode()
     else:
         body = ("hello from %d\n" % os.getpid()).encode()
     start_response("200 OK", [("Content-Type", "text/plain"),
