@@ -24,9 +24,11 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=9001)
     ap.add_argument("--no-deflate", action="store_true", help="do not offer permessage-deflate")
+    ap.add_argument("--busy-poll", type=float, default=0.0, metavar="SECONDS",
+                    help="keep polling this long after input before sleeping (default 0: off)")
     args = ap.parse_args()
     srv = yimmo.Server(page, host=args.host, port=args.port, websocket={"/": Echo()},
-                       ws_deflate=not args.no_deflate)
+                       ws_deflate=not args.no_deflate, busy_poll=args.busy_poll)
     host, port = srv.address
     print("yimmo %s echoing WebSockets on ws://%s:%d/ (Ctrl-C stops)" % (yimmo.__version__, host, port),
           flush=True)

@@ -290,3 +290,35 @@ def test_run_tunes_glibc_malloc_once_unless_told_not_to(arg, env, want):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == want
+
+
+@pytest.mark.parametrize("value, exc", [(-0.001, ValueError), (0.5, ValueError), ("x", TypeError)])
+def test_busy_poll_is_checked(value, exc):
+    with pytest.raises(exc, match="busy_poll"):
+        yimmo.Server(lambda ex: None, port=0, busy_poll=value)
+
+
+def _loop_cpu(live):
+    return time.clock_gettime(time.pthread_getcpuclockid(live.thread.ident))
+
+
+@pytest.mark.parametrize("busy_poll", [0.01, 0])
+def test_busy_poll_keeps_the_loop_polling_between_close_requests(server, busy_poll):
+    """Requests 3 ms apart: with busy_poll=10 ms the loop thread never goes
+    to sleep in between (its CPU time is about the wall time); without, it
+    sleeps between requests and uses a few percent."""
+    live = server(lambda ex: ex.respond(200, [], b"ok"), busy_poll=busy_poll)
+    conn = live.http()
+    try:
+        t0, c0 = time.monotonic(), _loop_cpu(live)
+        while time.monotonic() - t0 < 0.6:
+            conn.request("GET", "/")
+            assert conn.getresponse().read() == b"ok"
+            time.sleep(0.003)  # The gap the loop spins through, or sleeps through.
+        busy = (_loop_cpu(live) - c0) / (time.monotonic() - t0)
+    finally:
+        conn.close()
+    if busy_poll:
+        assert busy > 0.5, "the loop thread was busy %.0f%% of the time" % (busy * 100)
+    else:
+        assert busy < 0.3, "the loop thread was busy %.0f%% of the time" % (busy * 100)

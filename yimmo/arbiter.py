@@ -487,6 +487,7 @@ class WorkerProcess:
             ws_send_limit=s.ws_send_limit,
             ws_deflate=not s.ws_no_deflate,
             send_high_water=s.send_high_water,
+            busy_poll=s.busy_poll,
             max_request_line=s.limit_request_line,
             max_headers=s.limit_request_fields,
             max_header_size=s.limit_request_field_size,

@@ -174,6 +174,13 @@ def _at_least(n):
     return check
 
 
+def _between(lo, hi):
+    def check(v):
+        if not lo <= v <= hi:
+            raise ValueError("must be between %s and %s, got %s" % (lo, hi, v))
+    return check
+
+
 def _positive(v):
     if not v > 0:
         raise ValueError("must be > 0, got %s" % (v,))
@@ -438,6 +445,10 @@ OPTIONS = [
            "Queued response bytes past which a connection stops being read and a streaming "
            "response pauses (backpressure).",
            validate=_at_least(1), metavar="BYTES", section="limits", maps_to="send_high_water"),
+    Option("busy_poll", ("--busy-poll",), _to_float, 0.0,
+           "Seconds the event loop keeps polling without sleeping after input arrived "
+           "(lower latency for one busy CPU; 0: off, at most 0.01).",
+           validate=_between(0, 0.01), metavar="SECONDS", section="workers", maps_to="busy_poll"),
     Option("backlog", ("--backlog",), _to_int, 2048,
            "Listen queue length of each listening socket.",
            validate=_at_least(1), metavar="INT", maps_to="backlog"),

@@ -329,10 +329,12 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         c->proto->on_eof(c, n == 0 ? 0 : (int)n);
         return;
     }
-    if (got)
+    if (got) {
+        s->last_input = ev_now(loop);
         c->proto->on_data(c);
-    else
+    } else {
         ymo_conn_release_input(c);
+    }
     if (!again && !(c->flags & YMO_CONN_CLOSED))
         feed_pending(c);
 }

@@ -165,9 +165,10 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
             ymo_conn_flush(c);
     }
     ymo__conn_reap(s);
-    /* More ready work (the per-iteration bound was hit): poll without
-     * blocking. */
-    if (s->ready != NULL) {
+    /* More ready work (the per-iteration bound was hit), or busy polling
+     * after recent input: poll without blocking. */
+    if (s->ready != NULL
+        || (s->cfg.busy_poll > 0 && ev_now(loop) - s->last_input < s->cfg.busy_poll)) {
         if (!ev_is_active(&s->idle))
             ev_idle_start(loop, &s->idle);
     } else if (ev_is_active(&s->idle)) {

@@ -225,6 +225,24 @@ static int set_double(PyObject *o, const char *name, double *out)
     return 0;
 }
 
+/* busy_poll: seconds, 0 (off) to 0.01; a value this small is what it is for. */
+static int set_busy_poll(PyObject *o, double *out)
+{
+    if (o == NULL || o == Py_None)
+        return 0;
+    double v = PyFloat_AsDouble(o);
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_SetString(PyExc_TypeError, "busy_poll must be a number");
+        return -1;
+    }
+    if (!(v >= 0 && v <= 0.01)) {
+        PyErr_Format(PyExc_ValueError, "busy_poll must be between 0 and 0.01 seconds, not %R", o);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static int set_uint(PyObject *o, const char *name, unsigned long long max, unsigned long long *out)
 {
     if (o == NULL || o == Py_None)
@@ -364,7 +382,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         "max_headers", "on_tick", "tick_interval", "max_connections",
         "websocket", "ws_max_message", "ws_idle_timeout", "ws_send_limit", "ws_deflate",
         "read_size", "send_high_water", "ws_ping_interval", "ws_ping_timeout", "tls",
-        "tune_malloc",
+        "tune_malloc", "busy_poll",
         /* WSGIServer only, from here. */
         "url_scheme", "script_name", "multiprocess", "access_log", "threads",
         "body_buffer_size", NULL,
@@ -379,14 +397,15 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     PyObject *read_size = NULL, *high_water = NULL, *ws_ping = NULL, *ws_ping_to = NULL;
     PyObject *tls_o = Py_None;
     int tune_malloc = 1;
+    PyObject *busy_poll = NULL;
     PyObject *url_scheme = NULL, *script_name = NULL, *multiprocess = NULL;
     PyObject *access_log = NULL, *threads = NULL, *bbs = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOpOOOOOpOOOOOO", kwlist, &handler,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOpOOOOOpOOOOOOO", kwlist, &handler,
                                      &host_o, &port_o, &sock, &backlog_o, &reuse_port, &ka, &ht,
                                      &bt, &st_o, &mb, &mrl, &mhs, &mhb, &mh, &on_tick, &tick_o,
                                      &maxconn, &ws_routes, &ws_max, &ws_idle, &ws_limit, &ws_deflate,
                                      &read_size, &high_water, &ws_ping, &ws_ping_to, &tls_o,
-                                     &tune_malloc, &url_scheme, &script_name, &multiprocess, &access_log,
+                                     &tune_malloc, &busy_poll, &url_scheme, &script_name, &multiprocess, &access_log,
                                      &threads, &bbs))
         return NULL;
     if (!wsgi && (url_scheme || script_name || multiprocess || access_log || bbs)) {
@@ -464,7 +483,8 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         || set_double(ht, "header_timeout", &cfg.header_timeout) < 0
         || set_double(bt, "body_timeout", &cfg.body_timeout) < 0
         || set_double(st_o, "send_timeout", &cfg.send_timeout) < 0
-        || set_double(tick_o, "tick_interval", &tick) < 0)
+        || set_double(tick_o, "tick_interval", &tick) < 0
+        || set_busy_poll(busy_poll, &cfg.busy_poll) < 0)
         return NULL;
     v = (unsigned long long)cfg.backlog;
     if (set_uint(backlog_o, "backlog", 65535, &v) < 0)

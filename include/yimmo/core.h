@@ -237,6 +237,8 @@ typedef struct {
     int max_dispatch;           /* requests per connection per wakeup */
     uint32_t max_connections;   /* 0: no limit; beyond it new connections
                                    wait in the listen backlog */
+    double busy_poll;           /* seconds the loop keeps polling without
+                                   sleeping after input arrived; 0: off */
 } ymo_server_config_t;
 
 void ymo_server_config_default(ymo_server_config_t *cfg);
@@ -259,6 +261,7 @@ struct ymo_server_s {
     ymo_listener_t *listeners;
     ev_prepare prepare;
     ev_idle idle;
+    ev_tstamp last_input;           /* loop time input last arrived (busy_poll) */
     ev_async wakeup;
     ev_timer stop_timer;
 
