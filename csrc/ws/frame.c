@@ -125,6 +125,12 @@ static size_t header_size(const uint8_t *h)
 int ymo_ws_parse(ymo_ws_parser_t *p, uint8_t *buf, size_t len, size_t *consumed,
                  size_t *data_off, size_t *data_len)
 {
+    return ymo_ws_parse_to(p, buf, len, consumed, data_off, data_len, NULL);
+}
+
+int ymo_ws_parse_to(ymo_ws_parser_t *p, uint8_t *buf, size_t len, size_t *consumed,
+                    size_t *data_off, size_t *data_len, uint8_t *out)
+{
     *consumed = 0;
     *data_off = 0;
     *data_len = 0;
@@ -168,6 +174,8 @@ int ymo_ws_parse(ymo_ws_parser_t *p, uint8_t *buf, size_t len, size_t *consumed,
     if (len == 0)
         return YMO_WS_EV_NONE;
     size_t n = p->left < len ? (size_t)p->left : len;
+    /* Unmasked in place, or into out in the same pass. */
+    uint8_t *dst = out != NULL ? out : buf;
     if (f->masked) {
         /* Eight bytes at a time with the key rotated to this position. */
         uint32_t m = p->mask_pos;
@@ -181,18 +189,20 @@ int ymo_ws_parse(ymo_ws_parser_t *p, uint8_t *buf, size_t len, size_t *consumed,
             uint64_t w;
             memcpy(&w, buf + i, 8);
             w ^= k;
-            memcpy(buf + i, &w, 8);
+            memcpy(dst + i, &w, 8);
         }
         for (; i < n; i++)
-            buf[i] ^= f->mask[(m + i) & 3];
+            dst[i] = buf[i] ^ f->mask[(m + i) & 3];
         p->mask_pos = (uint32_t)((m + n) & 3);
+    } else if (out != NULL) {
+        memcpy(out, buf, n);
     }
     p->left -= n;
     if (!is_control(f->opcode)) {
         p->msg_len += n;
         if (p->msg_opcode == YMO_WS_TEXT && !p->msg_compressed) {
             /* Fail fast, on the first invalid byte. */
-            p->utf8 = ymo_utf8_validate(p->utf8, buf, n);
+            p->utf8 = ymo_utf8_validate(p->utf8, dst, n);
             if (p->utf8 == YMO_UTF8_REJECT)
                 return fail(p, YMO_WS_INVALID_DATA, "invalid UTF-8 in a text message");
         }

@@ -360,15 +360,6 @@ static int msg_reserve(ws_t *ws, size_t n)
     return 0;
 }
 
-static int msg_append(ws_t *ws, const uint8_t *p, size_t n)
-{
-    if (msg_reserve(ws, n) < 0)
-        return YMO_E_NOMEM;
-    memcpy(ws->msg.data + ws->msg.len, p, n);
-    ws->msg.len += n;
-    return 0;
-}
-
 /* A control frame arrived whole. */
 static void control(ymo_conn_t *c, ws_t *ws, int opcode)
 {
@@ -446,7 +437,11 @@ static void ws_process(ymo_conn_t *c, ws_t *ws)
         uint8_t *buf = (uint8_t *)c->in.data + ws->scan;
         if (c->flags & (YMO_CONN_LINGERING | YMO_CONN_CLOSE_AFTER_FLUSH))
             break;      /* closing: the rest of the input is not read */
-        int ev = ymo_ws_parse(p, buf, c->in.len - ws->scan, &consumed, &off, &n);
+        /* Payload is unmasked straight into where it goes: the control
+         * buffer, or the message buffer sized at the frame's header. */
+        uint8_t *out = (p->frame.opcode & 0x8) ? ws->ctrl + ws->ctrl_len
+                       : ws->msg.data != NULL ? (uint8_t *)ws->msg.data + ws->msg.len : NULL;
+        int ev = ymo_ws_parse_to(p, buf, c->in.len - ws->scan, &consumed, &off, &n, out);
         ws->scan += consumed;
         if (ev == YMO_WS_EV_NONE)
             break;
@@ -466,13 +461,10 @@ static void ws_process(ymo_conn_t *c, ws_t *ws)
         }
         int ctrl = p->frame.opcode & 0x8;
         if (ev == YMO_WS_EV_PAYLOAD) {
-            if (ctrl) {
-                memcpy(ws->ctrl + ws->ctrl_len, buf + off, n);
+            if (ctrl)
                 ws->ctrl_len += n;
-            } else if (msg_append(ws, buf + off, n) < 0) {
-                fail(c, ws, YMO_WS_INTERNAL, "out of memory");
-                break;
-            }
+            else
+                ws->msg.len += n;
             continue;
         }
         /* YMO_WS_EV_FRAME_END */

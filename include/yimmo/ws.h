@@ -92,6 +92,11 @@ enum ymo_ws_event {
  */
 int ymo_ws_parse(ymo_ws_parser_t *p, uint8_t *buf, size_t len, size_t *consumed,
                  size_t *data_off, size_t *data_len);
+/* The same, except that a YMO_WS_EV_PAYLOAD's bytes are unmasked into out
+ * (room for the frame's remaining payload) instead of in place: one pass
+ * instead of unmasking and then copying. out == NULL is ymo_ws_parse(). */
+int ymo_ws_parse_to(ymo_ws_parser_t *p, uint8_t *buf, size_t len, size_t *consumed,
+                    size_t *data_off, size_t *data_len, uint8_t *out);
 
 /* Write a frame header (server side: unmasked) into out[14]; its length. */
 size_t ymo_ws_frame_header(uint8_t *out, int fin, int rsv, int opcode, uint64_t len);
