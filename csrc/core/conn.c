@@ -175,6 +175,14 @@ int ymo_conn_reserve(ymo_conn_t *c, size_t n)
     return 0;
 }
 
+void ymo__conn_dirty(ymo_conn_t *c)
+{
+    ymo_server_t *s = c->server;
+    c->flags |= YMO_CONN_DIRTY;
+    c->next_dirty = s->dirty;
+    s->dirty = c;
+}
+
 void ymo_conn_release_input(ymo_conn_t *c)
 {
     if (c->in.len != 0 || c->in.data == NULL)
@@ -622,10 +630,10 @@ void ymo__conn_reap(ymo_server_t *s)
         ymo_conn_t *c = s->closing;
         s->closing = c->next_closing;
         if (!s->freeing
-            && ((c->flags & YMO_CONN_READY)
+            && ((c->flags & (YMO_CONN_READY | YMO_CONN_DIRTY))
                 || (c->proto != NULL && c->proto->busy != NULL && c->proto->busy(c)))) {
-            /* Still on the ready list, or its exchange is cleaned up by
-             * the next dispatch: freed after that. */
+            /* Still on the ready or flush list, or its exchange is cleaned
+             * up by the next dispatch: freed after that. */
             c->next_closing = held;
             held = c;
             continue;

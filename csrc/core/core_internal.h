@@ -31,6 +31,8 @@ ymo_conn_t *ymo__conn_new(ymo_server_t *s, int fd, const struct sockaddr *peer,
                           socklen_t peer_len);
 /* Free connections closed during the last loop iteration. */
 void ymo__conn_reap(ymo_server_t *s);
+/* Put c on the server's flush list (output was queued on the loop thread). */
+void ymo__conn_dirty(ymo_conn_t *c);
 
 extern const ymo_transport_t ymo__plain_transport;
 extern const ymo_proto_t ymo__http_proto;

@@ -32,8 +32,19 @@ static int grow_buckets(ymo_outq_t *q)
     return 0;
 }
 
+/* Every queue is a connection's `out`: the connection goes on the flush
+ * list (core.h). A worker thread that owns the connection does not touch
+ * the server's lists; check-in puts it there. */
+static void queued(ymo_outq_t *q)
+{
+    ymo_conn_t *c = ymo_container_of(q, ymo_conn_t, out);
+    if (!(c->flags & (YMO_CONN_DIRTY | YMO_CONN_CHECKED_OUT | YMO_CONN_CLOSED)))
+        ymo__conn_dirty(c);
+}
+
 char *ymo_outq_reserve(ymo_outq_t *q, size_t len)
 {
+    queued(q);
     if (q->len + len > q->cap) {
         size_t ncap = q->cap ? q->cap : 1024;
         while (ncap < q->len + len)
@@ -81,6 +92,7 @@ int ymo_outq_copy(ymo_outq_t *q, const void *data, size_t len)
 
 int ymo_outq_ref(ymo_outq_t *q, const void *data, size_t len, void *ref)
 {
+    queued(q);
     if (grow_buckets(q) < 0)
         return YMO_E_NOMEM;
     ymo_bucket_t *b = &q->b[q->count++];
@@ -94,6 +106,7 @@ int ymo_outq_ref(ymo_outq_t *q, const void *data, size_t len, void *ref)
 
 int ymo_outq_file(ymo_outq_t *q, int fd, uint64_t offset, size_t len)
 {
+    queued(q);
     if (grow_buckets(q) < 0) {
         close(fd);
         return YMO_E_NOMEM;

@@ -159,15 +159,25 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     ymo_server_t *s = ymo_container_of(w, ymo_server_t, prepare);
     if (s->ready != NULL || s->dispatch_wanted)
         s->hooks.dispatch(s);
-    /* Write everything the handlers produced: one writev per connection. */
-    for (ymo_conn_t *c = s->conns; c != NULL; c = c->next) {
-        if (c->out.bytes > 0 && !(c->flags & YMO_CONN_WRITING))
-            ymo_conn_flush(c);
+    /* Write everything the handlers produced: one writev per connection,
+     * for the connections that queued output (not a walk over all). */
+    for (int pass = 0; pass < 4 && s->dirty != NULL; pass++) {
+        ymo_conn_t *list = s->dirty;
+        s->dirty = NULL;
+        while (list != NULL) {
+            ymo_conn_t *c = list;
+            list = c->next_dirty;
+            c->next_dirty = NULL;
+            c->flags &= ~YMO_CONN_DIRTY;
+            if (c->out.bytes > 0 && !(c->flags & (YMO_CONN_WRITING | YMO_CONN_CLOSED)))
+                ymo_conn_flush(c);
+        }
     }
     ymo__conn_reap(s);
-    /* More ready work (the per-iteration bound was hit), or busy polling
-     * after recent input: poll without blocking. */
-    if (s->ready != NULL
+    /* More ready work (the per-iteration bound was hit), output queued
+     * while flushing, or busy polling after recent input: poll without
+     * blocking. */
+    if (s->ready != NULL || s->dirty != NULL
         || (s->cfg.busy_poll > 0 && ev_now(loop) - s->last_input < s->cfg.busy_poll)) {
         if (!ev_is_active(&s->idle))
             ev_idle_start(loop, &s->idle);
@@ -424,6 +434,9 @@ static void on_checkin(struct ev_loop *loop, ev_async *w, int revents)
             ymo_conn_close(c);
             continue;
         }
+        /* What the worker queued: flushed with the rest. */
+        if (c->out.bytes > 0 && !(c->flags & (YMO_CONN_DIRTY | YMO_CONN_CLOSED)))
+            ymo__conn_dirty(c);
         ymo__http_checkin(c);
     }
 }

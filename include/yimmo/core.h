@@ -41,6 +41,10 @@ typedef struct {
     size_t bytes;           /* bytes pending in all buckets */
 } ymo_outq_t;
 
+/* A queue is a connection's output (its `out`): appending to it puts the
+ * connection on the server's flush list, written before the loop polls
+ * again. */
+
 /* Append a copy of data. */
 int ymo_outq_copy(ymo_outq_t *q, const void *data, size_t len);
 /* Append data owned by ref; the server's release hook gets ref once sent. */
@@ -122,7 +126,8 @@ enum ymo_conn_flags {
     YMO_CONN_CLOSE_PENDING = 1u << 9,   /* closed while checked out: close at check-in */
     YMO_CONN_WAIT_DRAIN = 1u << 10,     /* a request waits for earlier output to drain */
     YMO_CONN_READ_WANTS_WRITE = 1u << 11,   /* the transport's read waits for POLLOUT */
-    YMO_CONN_WRITE_WANTS_READ = 1u << 12    /* the transport's write waits for POLLIN */
+    YMO_CONN_WRITE_WANTS_READ = 1u << 12,   /* the transport's write waits for POLLIN */
+    YMO_CONN_DIRTY = 1u << 13           /* output queued: on the server's flush list */
 };
 
 typedef struct {
@@ -145,6 +150,7 @@ struct ymo_conn_s {
     ymo_conn_t *next, *prev;        /* the server's list of live connections */
     ymo_conn_t *next_ready;         /* the server's ready list */
     ymo_conn_t *next_closing;       /* the server's list of closed connections */
+    ymo_conn_t *next_dirty;         /* the server's flush list */
     struct sockaddr_storage peer;
     socklen_t peer_len;
     const struct sockaddr_storage *local;   /* the listener's address */
@@ -267,6 +273,7 @@ struct ymo_server_s {
 
     ymo_conn_t *conns;              /* live connections */
     ymo_conn_t *ready, **ready_tail;
+    ymo_conn_t *dirty;              /* connections with output queued since the last flush */
     ymo_conn_t *closing;            /* closed, to be freed */
     ymo_conn_t *free_conns;         /* freelist */
     uint32_t nconns, nfree;
