@@ -558,29 +558,26 @@ static PyObject *parse_ws_frames(PyObject *module, PyObject *args, PyObject *kw)
                                      &require_mask, &rsv_allowed))
         return NULL;
     ymo_py_state *st = ymo__py_state(module);
-    /* The parser unmasks in place: work on a copy. */
-    PyObject *copy = PyBytes_FromStringAndSize(buf.buf, buf.len);
-    PyBuffer_Release(&buf);
-    if (copy == NULL)
-        return NULL;
-    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(copy);
-    size_t len = (size_t)PyBytes_GET_SIZE(copy), pos = 0;
+    /* As the server does: each payload is unmasked straight into its own
+     * buffer, sized at the frame's header (never beyond the input left, so
+     * a header announcing more than follows costs nothing); the input is
+     * only read. */
+    uint8_t *p = (uint8_t *)buf.buf;
+    size_t len = (size_t)buf.len, pos = 0;
     ymo_ws_parser_t parser;
     ymo_ws_parser_init(&parser, max, require_mask);
     parser.rsv_allowed = (uint8_t)(rsv_allowed & 0x70);
     PyObject *frames = PyList_New(0);
     PyObject *payload = NULL;
+    Py_ssize_t filled = 0;
     if (frames == NULL)
         goto error;
     for (;;) {
         size_t consumed, off, n;
-        int ev = ymo_ws_parse(&parser, p + pos, len - pos, &consumed, &off, &n);
-        if (ev == YMO_WS_EV_PAYLOAD) {
-            Py_ssize_t old = PyBytes_GET_SIZE(payload);
-            if (_PyBytes_Resize(&payload, old + (Py_ssize_t)n) < 0)
-                goto error;
-            memcpy(PyBytes_AS_STRING(payload) + old, p + pos + off, n);
-        }
+        uint8_t *out = payload != NULL ? (uint8_t *)PyBytes_AS_STRING(payload) + filled : NULL;
+        int ev = ymo_ws_parse_to(&parser, p + pos, len - pos, &consumed, &off, &n, out);
+        if (ev == YMO_WS_EV_PAYLOAD)
+            filled += (Py_ssize_t)n;
         pos += consumed;
         if (ev == YMO_WS_EV_NONE)
             break;
@@ -594,10 +591,15 @@ static PyObject *parse_ws_frames(PyObject *module, PyObject *args, PyObject *kw)
             goto error;
         }
         if (ev == YMO_WS_EV_HEADER) {
-            Py_XSETREF(payload, PyBytes_FromStringAndSize("", 0));
+            size_t want = parser.frame.len < len - pos ? (size_t)parser.frame.len : len - pos;
+            Py_XSETREF(payload, PyBytes_FromStringAndSize(NULL, (Py_ssize_t)want));
+            filled = 0;
             if (payload == NULL)
                 goto error;
         } else if (ev == YMO_WS_EV_FRAME_END) {
+            /* A whole frame was in the input: its buffer is exactly full. */
+            if (filled != PyBytes_GET_SIZE(payload) && _PyBytes_Resize(&payload, filled) < 0)
+                goto error;
             PyObject *t = Py_BuildValue("(iiiO)", parser.frame.fin, parser.frame.rsv >> 4,
                                         parser.frame.opcode, payload);
             if (t == NULL || PyList_Append(frames, t) < 0) {
@@ -609,13 +611,13 @@ static PyObject *parse_ws_frames(PyObject *module, PyObject *args, PyObject *kw)
         }
     }
     Py_XDECREF(payload);
-    Py_DECREF(copy);
+    PyBuffer_Release(&buf);
     PyObject *r = Py_BuildValue("(Nn)", frames, (Py_ssize_t)pos);
     return r;
 error:
     Py_XDECREF(payload);
     Py_XDECREF(frames);
-    Py_DECREF(copy);
+    PyBuffer_Release(&buf);
     return NULL;
 }
 
