@@ -80,6 +80,7 @@ class Server:
         ws_deflate: bool = True,
         tls: dict[str, Any] | None = None,
         tune_malloc: bool = True,
+        busy_poll: float = 0.0,
     ) -> None: ...
     @property
     def address(self) -> tuple[str, int]: ...
