@@ -560,6 +560,18 @@ def test_ciphers_setting_is_applied_to_tls_1_2(tls_serve, kind2, pki):
     assert phase == "handshake", err
 
 
+def test_tls13_prefers_aes_128_gcm(tls_serve):
+    """The server's TLS 1.3 order wins (Mozilla's: AES-128-GCM first), even
+    for a client that lists AES-256-GCM first, as Python's does."""
+    live = tls_serve("native")
+    ctx = live.ctx()
+    offered = [c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3"]
+    assert offered[0] == "TLS_AES_256_GCM_SHA384", offered
+    with live.tls_conn(ctx) as c:
+        assert c.sock.version() == "TLSv1.3"
+        assert c.sock.cipher()[0] == "TLS_AES_128_GCM_SHA256"
+
+
 # --- ALPN ---------------------------------------------------------------------------
 
 

@@ -178,6 +178,14 @@ static SSL_CTX *new_ctx(ymo_tls_t *t, const ymo_tls_config_t *cfg, const ymo_tls
         goto error;
     }
     SSL_CTX_set_min_proto_version(ctx, minv);
+    /* TLS 1.3 suites in Mozilla's recommended order: AES-128-GCM first.
+     * Its SHA-256 key schedule runs on the CPU's SHA extensions where
+     * SHA-384 does not, and its records take 10 AES rounds, not 14. */
+    if (SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+                                      "TLS_CHACHA20_POLY1305_SHA256") != 1) {
+        set_err(err, errlen, "could not set the TLS 1.3 cipher suites: %s", ssl_reason());
+        goto error;
+    }
     if (cfg->ciphers != NULL && SSL_CTX_set_cipher_list(ctx, cfg->ciphers) != 1) {
         set_err(err, errlen, "ciphers '%s': %s", cfg->ciphers, ssl_reason());
         goto error;
