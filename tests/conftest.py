@@ -35,6 +35,17 @@ def open_fds():
     return len(os.listdir("/proc/self/fd"))
 
 
+def one_request(conn, method, path, body=None, headers=None):
+    """Send one request on an http.client connection, read the whole
+    response, close the connection: (response, body)."""
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp, resp.read()
+    finally:
+        conn.close()
+
+
 class LiveServer:
     """A yimmo.Server whose run() executes on a background thread."""
 
@@ -64,13 +75,7 @@ class LiveServer:
 
     def get(self, path="/", method="GET", body=None, headers=None):
         """One request on a fresh http.client connection: (response, body)."""
-        conn = self.http()
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp, resp.read()
-        finally:
-            conn.close()
+        return one_request(self.http(), method, path, body, headers)
 
     def wait_returned(self, timeout=JOIN_TIMEOUT):
         """Assert run() returns within timeout and did not raise."""

@@ -17,7 +17,7 @@ import pytest
 
 import yimmo.wsgi
 from apps import django_app, flask_app  # Flask and Django are test dependencies
-from conftest import IO_TIMEOUT, RawConn, wait_for
+from conftest import IO_TIMEOUT, RawConn, one_request, wait_for
 from wsgi_conftest import STRICT_WARNINGS, wsgi_server  # noqa: F401  (fixture)
 
 pytestmark = STRICT_WARNINGS
@@ -64,12 +64,7 @@ def recording(app, seen):
 
 def fetch(live, method, path, body=None, headers=None):
     conn = http.client.HTTPConnection(live.host, live.port, timeout=IO_TIMEOUT)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp, resp.read()
-    finally:
-        conn.close()
+    return one_request(conn, method, path, body, headers)
 
 
 def multipart(fields, files):

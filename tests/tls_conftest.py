@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 
 import yimmo
 from conftest import (IO_TIMEOUT, LiveServer, LogRecords, RawConn, assert_no_logged_errors,
-                      stop_servers, wait_accepting)
+                      one_request, stop_servers, wait_accepting)
 
 MiB = 1024 * 1024
 KEY_PASSWORD = "correct horse"
@@ -290,13 +290,7 @@ class LiveTLS(LiveServer):
     def request(self, method="GET", path="/", body=None, headers=None, ctx=None,
                 server_hostname="localhost"):
         """One request on a fresh TLS connection: (response, body)."""
-        conn = self.https(ctx, server_hostname)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp, resp.read()
-        finally:
-            conn.close()
+        return one_request(self.https(ctx, server_hostname), method, path, body, headers)
 
 
 @pytest.fixture
