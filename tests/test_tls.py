@@ -659,6 +659,37 @@ def test_sni_certificate_subject_alt_names(tls_serve, pki):
     assert ("DNS", "localhost") in sans and ("IP Address", "127.0.0.1") in sans, sans
 
 
+def sent_chain(live):
+    """The certificates the server sends, as openssl s_client shows them."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    out = subprocess.run(["openssl", "s_client", "-showcerts", "-connect", "127.0.0.1:%d" % live.port,
+                          "-servername", "localhost"], input=b"", capture_output=True,
+                         timeout=20, env=env)
+    assert b"BEGIN CERTIFICATE" in out.stdout, out.stderr
+    return re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", out.stdout,
+                      re.S)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+@pytest.mark.parametrize("certfile, ca_certs, expect", [
+    ("leaf", None, ["leaf"]),
+    ("leaf", "ca", ["leaf", "ca"]),        # issuers found in the verify store are sent
+    ("leaf+ca", None, ["leaf", "ca"]),
+    ("leaf+ca", "ca2", ["leaf", "ca"]),    # a chain given is sent as given
+])
+def test_certificate_chain_sent(tls_serve, pki, tmp_path, certfile, ca_certs, expect):
+    """The chain is built once at start-up, as OpenSSL would on each handshake."""
+    pems = {"leaf": pki.server.leaf.cert_chain_pems[0].bytes(), "ca": pki.ca.cert_pem.bytes()}
+    path = tmp_path / "chain.pem"
+    path.write_bytes(b"".join(pems[p] for p in certfile.split("+")))
+    cafile = {None: None, "ca": pki.ca_pem, "ca2": pki.ca2_pem}[ca_certs]
+    live = tls_serve("native", tls=pki.tls(certfile=str(path), ca_certs=cafile))
+    for _ in range(2):
+        got = sent_chain(live)
+        assert [b.strip() for b in got] == [pems[e].strip() for e in expect]
+    assert_serves(live)
+
+
 # --- Big bodies ---------------------------------------------------------------------------
 
 

@@ -231,6 +231,17 @@ static SSL_CTX *new_ctx(ymo_tls_t *t, const ymo_tls_config_t *cfg, const ymo_tls
         set_err(err, errlen, "ca_certs '%s': %s", cfg->cafile, ssl_reason());
         goto error;
     }
+    /* A certfile without its issuers would have OpenSSL build the chain
+     * from the verify store on every handshake (a certificate verification
+     * each time). Build it here, once, the same way, and send what it
+     * found from then on. */
+    STACK_OF(X509) *chain = NULL;
+    SSL_CTX_get0_chain_certs(ctx, &chain);
+    if (sk_X509_num(chain) <= 0) {
+        SSL_CTX_build_cert_chain(ctx, SSL_BUILD_CHAIN_FLAG_IGNORE_ERROR
+                                          | SSL_BUILD_CHAIN_FLAG_CLEAR_ERROR);
+        SSL_CTX_set_mode(ctx, SSL_MODE_NO_AUTO_CHAIN);
+    }
     /* Sessions resumed from this server's cache or tickets only. */
     static const unsigned char sid[] = "yimmo";
     SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
