@@ -249,6 +249,26 @@ def test_message_api(ws_server):
         yimmo.WSMessage()
 
 
+def test_payload_in_pieces_is_unmasked_at_every_key_phase(ws_server):
+    """Pieces of a masked frame's payload arriving apart resume unmasking
+    mid-key: every phase of the 4-byte key, inside and across 16-byte blocks."""
+    live, url = ws_server(Recorder())
+    conn, _ = open_raw(live)
+    payload = bytes(range(256)) + os.urandom(300)
+    data = frame(BINARY, payload, mask=b"\xa1\xb2\xc3\xd4")
+    head = len(data) - len(payload)
+    cuts = [head + 1, head + 3, head + 6, head + 22, head + 87, head + 153, head + 154,
+            head + 300, len(data)]
+    with conn:
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        at = 0
+        for cut in cuts:
+            conn.send(data[at:cut])
+            at = cut
+            time.sleep(0.002)  # pacing, so that the server reads the pieces apart
+        assert read_frame(conn) == (1, 0, BINARY, payload)
+
+
 def test_fragmented_message_from_client(ws_server):
     rec = Recorder()
     live, url = ws_server(rec)

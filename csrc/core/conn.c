@@ -167,7 +167,16 @@ int ymo_conn_reserve(ymo_conn_t *c, size_t n)
     size_t ncap = c->in.cap ? c->in.cap : 4096;
     while (ncap - c->in.len < n)
         ncap *= 2;
-    char *nd = realloc(c->in.data, ncap);
+    char *nd;
+    if (c->in.len == 0) {
+        /* Nothing to keep (a spare too small, say): realloc would copy it. */
+        free(c->in.data);
+        c->in.data = NULL;
+        c->in.cap = 0;
+        nd = malloc(ncap);
+    } else {
+        nd = realloc(c->in.data, ncap);
+    }
     if (nd == NULL)
         return YMO_E_NOMEM;
     c->in.data = nd;

@@ -10,6 +10,42 @@
 
 enum { P_HEADER = 0, P_PAYLOAD, P_ERROR };
 
+/* dst[i] = src[i] ^ key[(pos + i) % 4]; dst may be src. Sixteen bytes at a
+ * time (GCC/clang vector types: SSE2 on x86-64, NEON on arm64), four blocks
+ * per turn: the payload is unmasked at about the speed of a copy. */
+typedef uint8_t v16_t __attribute__((vector_size(16)));
+
+static void unmask(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t key[4], uint32_t pos)
+{
+    uint8_t k[16];
+    for (int j = 0; j < 16; j++)
+        k[j] = key[(pos + (uint32_t)j) & 3];
+    v16_t kv, a, b, c, d;
+    memcpy(&kv, k, 16);
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        memcpy(&a, src + i, 16);
+        memcpy(&b, src + i + 16, 16);
+        memcpy(&c, src + i + 32, 16);
+        memcpy(&d, src + i + 48, 16);
+        a ^= kv;
+        b ^= kv;
+        c ^= kv;
+        d ^= kv;
+        memcpy(dst + i, &a, 16);
+        memcpy(dst + i + 16, &b, 16);
+        memcpy(dst + i + 32, &c, 16);
+        memcpy(dst + i + 48, &d, 16);
+    }
+    for (; i + 16 <= n; i += 16) {
+        memcpy(&a, src + i, 16);
+        a ^= kv;
+        memcpy(dst + i, &a, 16);
+    }
+    for (; i < n; i++)
+        dst[i] = src[i] ^ k[i & 15];
+}
+
 void ymo_ws_parser_init(ymo_ws_parser_t *p, uint64_t max_message, int require_mask)
 {
     memset(p, 0, sizeof(*p));
@@ -177,23 +213,8 @@ int ymo_ws_parse_to(ymo_ws_parser_t *p, uint8_t *buf, size_t len, size_t *consum
     /* Unmasked in place, or into out in the same pass. */
     uint8_t *dst = out != NULL ? out : buf;
     if (f->masked) {
-        /* Eight bytes at a time with the key rotated to this position. */
-        uint32_t m = p->mask_pos;
-        size_t i = 0;
-        uint8_t k8[8];
-        for (int j = 0; j < 8; j++)
-            k8[j] = f->mask[(m + (uint32_t)j) & 3];
-        uint64_t k;
-        memcpy(&k, k8, 8);
-        for (; i + 8 <= n; i += 8) {
-            uint64_t w;
-            memcpy(&w, buf + i, 8);
-            w ^= k;
-            memcpy(dst + i, &w, 8);
-        }
-        for (; i < n; i++)
-            dst[i] = buf[i] ^ f->mask[(m + i) & 3];
-        p->mask_pos = (uint32_t)((m + n) & 3);
+        unmask(dst, buf, n, f->mask, p->mask_pos);
+        p->mask_pos = (uint32_t)((p->mask_pos + n) & 3);
     } else if (out != NULL) {
         memcpy(out, buf, n);
     }
