@@ -797,7 +797,8 @@ def check_ws_stream(data, settings):
 
 def check_ws_frames(raw):
     """ws_frames: raw stream (decode_ws_frames_input) against the reference,
-    and the prefix property at a few more cuts."""
+    the prefix property at a few more cuts, and the same bytes fed in pieces
+    at those cuts."""
     settings, data = decode_ws_frames_input(raw)
     frames, ref_err = check_ws_stream(data, settings)
     cuts = {len(data) // 2, len(data) - 1, (raw[0] * 131 + len(data)) % (len(data) + 1)} if raw else set()
@@ -814,6 +815,15 @@ def check_ws_frames(raw):
             expect(got == frames[:len(got)], "ws: data[:%d]: frames not a prefix of the whole's" % k,
                    got, frames)
             expect(consumed == k, "ws: data[:%d] consumed" % k, consumed)
+    # Resumability: the same bytes in pieces at those cuts (and byte by byte
+    # when short) give the whole's result, as the server's reads would.
+    whole = run_ws(data, **settings)
+    pieces = sorted(c for c in cuts if 0 <= c <= len(data))
+    split = run_ws(data, cuts=pieces, **settings)
+    expect(split == whole, "ws: fed in pieces at %r, the result differs" % pieces, split, whole)
+    if len(data) <= 64:
+        bytewise = run_ws(data, cuts=range(len(data)), **settings)
+        expect(bytewise == whole, "ws: fed byte by byte, the result differs", bytewise, whole)
 
 
 # -- UTF-8 (RFC 6455 8.1) --------------------------------------------------------

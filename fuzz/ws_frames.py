@@ -10,7 +10,9 @@ same byte (data[:at - 1] parses, data[:at] does not); a ParseError's code is
 sum to at most consumed <= len(data); the frames re-serialized with their
 mask keys are the input byte for byte (lengths are minimal), and re-masked
 with another key parse to the same; every prefix cut gives a prefix of the
-whole's frames and is refused only where the whole is, with the same code.
+whole's frames and is refused only where the whole is, with the same code;
+the same bytes fed in pieces at those cuts (byte by byte when short) give the
+whole's result.
 """
 from _harness import main
 

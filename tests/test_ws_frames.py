@@ -272,6 +272,26 @@ def test_split_everywhere(case):
         assert run(case.data[:i] + case.data[i:], case.settings) == whole
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if len(c.data) < 300], ids=repr)
+def test_fed_in_pieces(case):
+    """The bytes fed in pieces (cuts=, as reads deliver them): cut once at
+    every position, in threes, and byte by byte, the result is the whole's."""
+    whole = run(case.data, case.settings)
+    n = len(case.data)
+    for cuts in [[i] for i in range(n + 1)] + [list(range(0, n, 3)), list(range(n))]:
+        assert run(case.data, dict(case.settings, cuts=cuts)) == whole, cuts
+
+
+def test_cuts_are_checked():
+    data = frame(BINARY, b"abc")
+    assert parse_ws_frames(data, cuts=(0, 0, 2, len(data))) == parse_ws_frames(data)
+    for bad in ([3, 2], [len(data) + 1], [-1]):
+        with pytest.raises(ValueError, match="ascending offsets"):
+            parse_ws_frames(data, cuts=bad)
+    with pytest.raises(TypeError):
+        parse_ws_frames(data, cuts=5)
+
+
 def test_error_is_parse_error():
     with pytest.raises(ParseError) as ei:
         parse_ws_frames(frame(TEXT, mask=None))

@@ -41,7 +41,7 @@ WebSocket frames (RFC 6455 section 5)
 -------------------------------------
 
 ``parse_ws_frames(data, *, max_message=16 MiB, require_mask=True,
-rsv_allowed=0)`` runs the server's frame parser over ``data`` once and
+rsv_allowed=0, cuts=())`` runs the server's frame parser over ``data`` once and
 returns ``(frames, consumed)``:
 
 - ``frames``: ``list[tuple[int, int, int, bytes]]``, one
@@ -58,7 +58,12 @@ reading client frames. ``rsv_allowed`` is the RSV bits an extension
 negotiated, as they sit in the first header byte (0x40: RSV1, what
 permessage-deflate uses); RSV1 then still only goes on the first frame of a
 data message. ``data`` is any bytes-like object; it is not modified (the
-payload is unmasked on a copy).
+payload is unmasked on a copy). ``cuts``, ascending offsets into ``data``,
+feeds it in pieces, each parsed to its end before the next, as the server's
+reads deliver bytes: the parser resumes inside headers, payloads and the
+masking key, and the result must be the same as whole (the ``ws_frames``
+fuzzer checks that). An offset out of order or beyond ``data`` raises
+``ValueError``.
 
 Bytes that break a rule raise :class:`ParseError` with ``args``
 ``(reason, close_code, "websocket", close_code)``: ``.status`` and

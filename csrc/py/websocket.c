@@ -548,14 +548,52 @@ reject500:
 
 /* --- yimmo.parsers.parse_ws_frames ------------------------------------------- */
 
+/* cuts: offsets at which the input arrives in pieces; each piece is parsed
+ * to its end before the next is looked at, as the server's reads are. */
+static int get_cuts(PyObject *o, size_t len, size_t **out, Py_ssize_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (o == NULL)
+        return 0;
+    PyObject *seq = PySequence_Fast(o, "cuts must be a sequence of offsets");
+    if (seq == NULL)
+        return -1;
+    *n = PySequence_Fast_GET_SIZE(seq);
+    *out = PyMem_Malloc(sizeof(size_t) * (size_t)(*n + 1));
+    if (*out == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        Py_ssize_t v = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(seq, i), PyExc_OverflowError);
+        if (v == -1 && PyErr_Occurred())
+            goto error;
+        if (v < 0 || (size_t)v > len || (i > 0 && (size_t)v < (*out)[i - 1])) {
+            PyErr_SetString(PyExc_ValueError, "cuts must be ascending offsets within the data");
+            goto error;
+        }
+        (*out)[i] = (size_t)v;
+    }
+    Py_DECREF(seq);
+    return 0;
+error:
+    Py_DECREF(seq);
+    PyMem_Free(*out);
+    *out = NULL;
+    return -1;
+}
+
 static PyObject *parse_ws_frames(PyObject *module, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"data", "max_message", "require_mask", "rsv_allowed", NULL};
+    static char *kwlist[] = {"data", "max_message", "require_mask", "rsv_allowed", "cuts", NULL};
     Py_buffer buf;
     unsigned long long max = 16ull << 20;
     int require_mask = 1, rsv_allowed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|$Kpi:parse_ws_frames", kwlist, &buf, &max,
-                                     &require_mask, &rsv_allowed))
+    PyObject *cuts_o = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|$KpiO:parse_ws_frames", kwlist, &buf, &max,
+                                     &require_mask, &rsv_allowed, &cuts_o))
         return NULL;
     ymo_py_state *st = ymo__py_state(module);
     /* As the server does: each payload is unmasked straight into its own
@@ -564,6 +602,13 @@ static PyObject *parse_ws_frames(PyObject *module, PyObject *args, PyObject *kw)
      * only read. */
     uint8_t *p = (uint8_t *)buf.buf;
     size_t len = (size_t)buf.len, pos = 0;
+    size_t *cuts;
+    Py_ssize_t ncuts, next_cut = 0;
+    if (get_cuts(cuts_o, len, &cuts, &ncuts) < 0) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    size_t end = ncuts > 0 ? cuts[next_cut++] : len;
     ymo_ws_parser_t parser;
     ymo_ws_parser_init(&parser, max, require_mask);
     parser.rsv_allowed = (uint8_t)(rsv_allowed & 0x70);
@@ -575,12 +620,16 @@ static PyObject *parse_ws_frames(PyObject *module, PyObject *args, PyObject *kw)
     for (;;) {
         size_t consumed, off, n;
         uint8_t *out = payload != NULL ? (uint8_t *)PyBytes_AS_STRING(payload) + filled : NULL;
-        int ev = ymo_ws_parse_to(&parser, p + pos, len - pos, &consumed, &off, &n, out);
+        int ev = ymo_ws_parse_to(&parser, p + pos, end - pos, &consumed, &off, &n, out);
         if (ev == YMO_WS_EV_PAYLOAD)
             filled += (Py_ssize_t)n;
         pos += consumed;
-        if (ev == YMO_WS_EV_NONE)
-            break;
+        if (ev == YMO_WS_EV_NONE) {
+            if (end == len)
+                break;
+            end = next_cut < ncuts ? cuts[next_cut++] : len;
+            continue;
+        }
         if (ev == YMO_WS_EV_ERROR) {
             PyObject *e = Py_BuildValue("(sisi)", parser.reason, parser.error, "websocket",
                                         parser.error);
@@ -611,21 +660,25 @@ static PyObject *parse_ws_frames(PyObject *module, PyObject *args, PyObject *kw)
         }
     }
     Py_XDECREF(payload);
+    PyMem_Free(cuts);
     PyBuffer_Release(&buf);
     PyObject *r = Py_BuildValue("(Nn)", frames, (Py_ssize_t)pos);
     return r;
 error:
     Py_XDECREF(payload);
     Py_XDECREF(frames);
+    PyMem_Free(cuts);
     PyBuffer_Release(&buf);
     return NULL;
 }
 
 static PyMethodDef ws_module_methods[] = {
     {"parse_ws_frames", (PyCFunction)(void (*)(void))parse_ws_frames, METH_VARARGS | METH_KEYWORDS,
-     "parse_ws_frames(data, *, max_message=16 MiB, require_mask=True, rsv_allowed=0)\n"
+     "parse_ws_frames(data, *, max_message=16 MiB, require_mask=True, rsv_allowed=0, cuts=())\n"
      "-> (frames, consumed): complete frames as (fin, rsv, opcode, payload) with payloads\n"
-     "unmasked; raises ParseError(reason, close_code, 'websocket', close_code)."},
+     "unmasked; raises ParseError(reason, close_code, 'websocket', close_code).\n"
+     "cuts: ascending offsets where the data is fed in pieces, as reads deliver it;\n"
+     "the result is the same as whole."},
     {NULL, NULL, 0, NULL},
 };
 
