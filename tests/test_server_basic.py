@@ -329,3 +329,48 @@ def test_busy_poll_keeps_the_loop_polling_between_close_requests(server):
     assert sleeping < 0.3, "without busy_poll the loop was busy %.0f%%" % (sleeping * 100)
     assert spinning > 0.15 and spinning > 5 * sleeping, \
         "busy %.0f%% with busy_poll, %.0f%% without" % (spinning * 100, sleeping * 100)
+
+
+def documented_arguments(doc):
+    """name -> default, from a 'Server(handler, *, name=default, ...)' docstring."""
+    head = doc.split("\n\n")[0]
+    args = head[head.index("*,") + 2:head.rindex(")")]
+    out = {}
+    for part in args.replace("\n", " ").split(","):
+        name, _, default = part.strip().partition("=")
+        if name and not name.startswith("..."):
+            out[name] = default
+    return out
+
+
+def doc_table_names(path):
+    """The first-column `names` of the markdown tables in a docs page."""
+    names = set()
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", path)) as f:
+        for line in f:
+            if line.startswith("| `"):
+                first = line.split("|")[1]
+                names.update(n.strip(" `") for n in first.split(","))
+    return names
+
+
+def test_server_docstring_lists_every_argument_with_its_default():
+    """Server.__doc__ names the arguments docs/server.md and docs/websockets.md
+    document, and each is accepted with the default the docstring gives."""
+    args = documented_arguments(yimmo.Server.__doc__)
+    settings = doc_table_names("server.md") | {n for n in doc_table_names("websockets.md")
+                                               if n.startswith("ws_") and "." not in n}
+    assert settings <= set(args), sorted(settings - set(args))
+    units = {"MiB": 1 << 20}
+    for name, default in args.items():
+        if name in ("host", "port", "sock", "tls", "websocket"):
+            continue
+        num, _, unit = default.partition(" ")
+        value = eval(num) * units[unit] if unit else eval(default)  # noqa: S307 (our docstring)
+        srv = yimmo.Server(lambda ex: None, port=0, **{name: value})
+        srv.stop()
+    with pytest.raises(TypeError):
+        yimmo.Server(lambda ex: None, port=0, no_such_argument=1)
+    wsgi = documented_arguments(yimmo.WSGIServer.__doc__)
+    assert {"url_scheme", "script_name", "multiprocess", "access_log", "body_buffer_size",
+            "threads"} <= set(wsgi)

@@ -383,7 +383,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         "websocket", "ws_max_message", "ws_idle_timeout", "ws_send_limit", "ws_deflate",
         "read_size", "send_high_water", "ws_ping_interval", "ws_ping_timeout", "tls",
         "tune_malloc", "busy_poll",
-        /* WSGIServer only, from here. */
+        /* WSGIServer only, from here, apart from threads. */
         "url_scheme", "script_name", "multiprocess", "access_log", "threads",
         "body_buffer_size", NULL,
     };
@@ -944,7 +944,11 @@ static PyType_Slot server_slots[] = {
      "       reuse_port=False, keepalive_timeout=5.0, header_timeout=10.0,\n"
      "       body_timeout=30.0, send_timeout=30.0, max_body_size=100 MiB,\n"
      "       max_request_line=8192, max_header_size=8192, max_header_bytes=65536,\n"
-     "       max_headers=100, tls=None)\n\n"
+     "       max_headers=100, read_size=16384, send_high_water=1 MiB,\n"
+     "       max_connections=None, threads=0, on_tick=None, tick_interval=1.0,\n"
+     "       websocket=None, ws_max_message=16 MiB, ws_idle_timeout=300.0,\n"
+     "       ws_ping_interval=0, ws_ping_timeout=20.0, ws_send_limit=16 MiB,\n"
+     "       ws_deflate=True, tls=None, tune_malloc=True, busy_poll=0)\n\n"
      "An HTTP/1.1 server calling handler(exchange) for every request."},
     {Py_tp_new, server_new},
     {Py_tp_dealloc, server_dealloc},
@@ -966,7 +970,7 @@ static PyType_Slot wsgi_server_slots[] = {
     {Py_tp_doc,
      "WSGIServer(app, *, host='127.0.0.1', port=8000, sock=None, url_scheme='http',\n"
      "           script_name='', multiprocess=False, access_log=None,\n"
-     "           body_buffer_size=65536, ... and every Server argument)\n\n"
+     "           body_buffer_size=65536, threads=0, ... and every Server argument)\n\n"
      "A PEP 3333 server calling app(environ, start_response) for every request."},
     {Py_tp_new, wsgi_server_new},
     {Py_tp_dealloc, server_dealloc},
