@@ -269,6 +269,32 @@ def test_payload_in_pieces_is_unmasked_at_every_key_phase(ws_server):
         assert read_frame(conn) == (1, 0, BINARY, payload)
 
 
+def test_websocket_is_used_on_the_loop_thread_only(ws_server):
+    """send(), ping() and close() from a thread other than the loop's raise
+    (the loop runs without the GIL and owns the connection); the WebSocket
+    still works from its callbacks."""
+    rec = Recorder()
+    live, url = ws_server(rec)
+    with connect(url) as c:
+        c.send("one")
+        assert c.recv(timeout=IO_TIMEOUT) == "one"
+        ws = rec.sockets[0]
+        for call in (lambda: ws.send("x"), ws.ping, ws.close):
+            with pytest.raises(RuntimeError, match="loop thread only"):
+                call()
+        assert not ws.closed
+        c.send("two")
+        assert c.recv(timeout=IO_TIMEOUT) == "two"
+    assert rec.wait_closes() == [(1000, "")]
+
+
+@pytest.mark.parametrize("cls", [yimmo.Server, yimmo.WSGIServer])
+def test_websocket_callbacks_refuse_worker_threads(cls):
+    with pytest.raises(ValueError, match="take threads=0"):
+        cls(page, port=0, websocket={"/ws": Recorder()}, threads=2)
+    cls(page, port=0, websocket={}, threads=2).stop()     # no routes: threads are fine
+
+
 def test_fragmented_message_from_client(ws_server):
     rec = Recorder()
     live, url = ws_server(rec)

@@ -150,6 +150,7 @@ typedef struct {
     PyObject *handler;
     PyThreadState *tstate;      /* the loop thread's, while it runs without the GIL */
     int phase;                  /* 0 new, 1 running, 2 done */
+    pthread_t loop_thread;      /* run()'s thread, while phase is 1 */
     PyObject **garbage;         /* references released without the GIL */
     size_t ngarbage, capgarbage;
     pthread_mutex_t garbage_lock;

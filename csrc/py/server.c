@@ -527,6 +527,15 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
                         "websocket must be a dict of {path: handler object}");
         return NULL;
     }
+    if (ws_routes != Py_None && PyDict_GET_SIZE(ws_routes) > 0 && nthreads > 0) {
+        /* The callbacks run on the loop thread, as the connections do; a
+         * handler on a worker thread could not use them safely. */
+        PyErr_SetString(PyExc_ValueError,
+                        "websocket= callbacks run on the loop thread: they take threads=0 "
+                        "(for WebSockets on worker threads, use WSGIServer(threads=N) and "
+                        "environ['yimmo.websocket'])");
+        return NULL;
+    }
     ymo_ws_config_t wscfg = {
         .max_message = 16u << 20, .idle_timeout = 300.0, .send_limit = 16u << 20,
         .deflate = ws_deflate,
@@ -788,6 +797,7 @@ static PyObject *server_run(YmoServerObject *self, PyObject *unused)
         Py_XDECREF(old);
         return NULL;
     }
+    self->loop_thread = pthread_self();
     self->phase = 1;
     Py_INCREF(self);
     if (self->tune_malloc)

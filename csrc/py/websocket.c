@@ -130,8 +130,24 @@ static PyType_Spec msg_spec = {
 
 /* --- WebSocket ------------------------------------------------------------ */
 
+/* The connection is the loop thread's: another thread touching it would
+ * race the loop, which runs without the GIL. */
+static int ws_on_loop(YmoWebSocketObject *ws)
+{
+    YmoServerObject *srv = ws->server;
+    if (srv->phase == 1 && !pthread_equal(pthread_self(), srv->loop_thread)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "a WebSocket is used on the server's loop thread only: in its "
+                        "callbacks and handlers, not from other threads");
+        return -1;
+    }
+    return 0;
+}
+
 static int ws_live(YmoWebSocketObject *ws)
 {
+    if (ws_on_loop(ws) < 0)
+        return -1;
     if (ws->conn == NULL || ws->closing || (ws->conn->flags & YMO_CONN_CLOSED)) {
         PyErr_SetString(PyExc_ConnectionError, "the WebSocket is closed");
         return -1;
@@ -266,7 +282,7 @@ static PyObject *ws_close(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
     int code;
     const char *reason;
     Py_ssize_t rlen;
-    if (close_args(args, kw, &code, &reason, &rlen) < 0)
+    if (close_args(args, kw, &code, &reason, &rlen) < 0 || ws_on_loop(ws) < 0)
         return NULL;
     if (ws->conn != NULL && !ws->closing && !(ws->conn->flags & YMO_CONN_CLOSED))
         ymo_ws_close(ws->conn, code, reason, (size_t)rlen);
