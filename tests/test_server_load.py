@@ -1,5 +1,6 @@
 """Many connections, concurrency, and stopping a server that has work in flight."""
 import hashlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 
 import yimmo
 from conftest import RawConn, get_request, open_fds, wait_for
+from wsgi_conftest import wsgi_server  # noqa: F401  (fixture)
 
 
 def echo_path(ex):
@@ -210,3 +212,34 @@ def test_ctrl_c_stops_run(tmp_path):
 def test_stop_from_a_signal_handler_makes_run_return(tmp_path):
     rc, out, err = run_signalled(tmp_path, "usr1", signal.SIGUSR1)
     assert (rc, out.strip()) == (0, "returned"), err
+
+
+def load_soak():
+    """scripts/soak.py as a module: its application and its chaos clients."""
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "soak.py")
+    spec = importlib.util.spec_from_file_location("yimmo_soak", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("wsgi_server", [4], indirect=True, ids=["4 threads"])
+def test_websocket_sessions_on_worker_threads_in_parallel(wsgi_server):
+    """Eight clients open WebSockets served on four worker threads (valid,
+    fragmented, oversized, invalid and junk frames, resets) and GETs for the
+    loop: input buffers move between connections on the loop thread only.
+    (Workers once took from and gave to the loop's spare-buffer cache; the
+    heap broke within seconds: scripts/soak.py found it.)"""
+    soak = load_soak()
+    live = wsgi_server(soak.app, validate=False, expect_errors=True, **soak.LIMITS)
+    chaos = soak.Chaos(live.port)
+    threads = [threading.Thread(target=chaos.run, args=(i, 3.0, ("websocket", "get")))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert chaos.done.get("websocket", 0) > 20, chaos.done
+    resp, body = live.request("GET", "/after")
+    assert (resp.status, body) == (200, b"hello /after")

@@ -144,12 +144,18 @@ const char *ymo_conn_peer_host(ymo_conn_t *c, size_t *len, int *port)
     return c->peer_host;
 }
 
+/* While a worker thread owns a connection, the loop's watchers and lists
+ * are not touched from that thread: intents are recorded in flags and
+ * carried out at check-in, on the loop thread. */
+#define CHECKED_OUT(c) ((c)->flags & YMO_CONN_CHECKED_OUT)
+
 /* --- Input ------------------------------------------------------------- */
 
 /* Input buffers leave idle connections (which then cost no buffer) for a
  * small server-wide cache, so that busy connections do not malloc, grow and
  * free one per request; large bodies would otherwise pay mmap and page
- * faults each time. */
+ * faults each time. The cache is the loop thread's: a connection a worker
+ * thread owns neither takes from it nor gives to it. */
 #define SPARE_BUF_MAX (1u << 20)
 
 int ymo_conn_reserve(ymo_conn_t *c, size_t n)
@@ -157,7 +163,7 @@ int ymo_conn_reserve(ymo_conn_t *c, size_t n)
     if (c->in.cap - c->in.len >= n)
         return 0;
     ymo_server_t *s = c->server;
-    if (c->in.data == NULL && s->nspare_bufs > 0) {
+    if (c->in.data == NULL && s->nspare_bufs > 0 && !CHECKED_OUT(c)) {
         /* The largest spare: they are kept sorted by size. */
         c->in = s->spare_bufs[--s->nspare_bufs];
         c->in.len = 0;
@@ -194,7 +200,7 @@ void ymo__conn_dirty(ymo_conn_t *c)
 
 void ymo_conn_release_input(ymo_conn_t *c)
 {
-    if (c->in.len != 0 || c->in.data == NULL)
+    if (c->in.len != 0 || c->in.data == NULL || CHECKED_OUT(c))
         return;
 #ifndef YMO_DEBUG
     ymo_server_t *s = c->server;
@@ -225,11 +231,6 @@ drop:
     c->in.data = NULL;
     c->in.cap = 0;
 }
-
-/* While a worker thread owns a connection, the loop's watchers and lists
- * are not touched from that thread: intents are recorded in flags and
- * carried out at check-in, on the loop thread. */
-#define CHECKED_OUT(c) ((c)->flags & YMO_CONN_CHECKED_OUT)
 
 /* Input the transport has already taken from the socket (TLS records read
  * ahead) raises no readiness event: deliver it in the next iteration. Not

@@ -437,6 +437,8 @@ static void on_checkin(struct ev_loop *loop, ev_async *w, int revents)
         /* What the worker queued: flushed with the rest. */
         if (c->out.bytes > 0 && !(c->flags & (YMO_CONN_DIRTY | YMO_CONN_CLOSED)))
             ymo__conn_dirty(c);
+        /* An input buffer the worker emptied joins the loop's spares. */
+        ymo_conn_release_input(c);
         ymo__http_checkin(c);
     }
 }
