@@ -135,6 +135,19 @@ run_tests() {
     fi
     [ "$rc" -eq 0 ] || return "$rc"
 
+    # Random valid and hostile traffic (scripts/soak.py): the WSGI server on
+    # worker threads and on the loop thread, and yimmo.Server with
+    # WebSocket callbacks; each must survive, answer, leak no descriptor
+    # and stop cleanly. YIMMO_SOAK_SECONDS sets how long each runs.
+    if [ "${YIMMO_SKIP_SOAK:-}" != 1 ]; then
+        log "soak"
+        for a in "--threads 4" "--threads 0" "--native"; do
+            # shellcheck disable=SC2086
+            "${PYRUN[@]}" "$ROOT/scripts/soak.py" --seconds "${YIMMO_SOAK_SECONDS:-15}" $a \
+                || return $?
+        done
+    fi
+
     # WebSocket conformance (docs/websockets.md): the Autobahn|Testsuite
     # against both echo examples, and its permessage-deflate sections.
     if [ "${YIMMO_SKIP_AUTOBAHN:-}" != 1 ]; then

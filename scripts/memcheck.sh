@@ -58,6 +58,12 @@ asan)
 assert m.__file__.startswith(sys.argv[1]), m.__file__' "$OUT/asan/pkg"
     LD_PRELOAD="$preload" "$PY" -P -m pytest -q -p no:cacheprovider tests \
         --ignore=tests/test_cli.py --ignore=tests/test_arbiter.py "${@:2}"
+    # The soak too: sanitizers see what random traffic does (the spare
+    # buffer caches are off in this build; the normal build soaks them).
+    for a in "--threads 4" "--native"; do
+        # shellcheck disable=SC2086
+        LD_PRELOAD="$preload" "$PY" -P scripts/soak.py --seconds "${YIMMO_SOAK_SECONDS:-15}" $a
+    done
     ;;
 valgrind)
     build_into "$OUT/valgrind" YIMMO_CFLAGS="-O1 -g"

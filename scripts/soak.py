@@ -378,6 +378,8 @@ def main():
             problems.append("the server did not start")
         else:
             chaos = Chaos(int(ready[1]), int(ready[2]), cafile)
+            # The baseline once run() has set itself up (its wake-up pipe).
+            answers(chaos, False)
             fds = open_fds(proc.pid)
             threads = [threading.Thread(target=chaos.run, args=(seed + i, args.seconds))
                        for i in range(args.clients)]
