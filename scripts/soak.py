@@ -333,13 +333,16 @@ def wait_for(pred, timeout):
 
 
 def answers(chaos, tls):
-    s = chaos.connect(random.Random(0), tls=tls)
-    with s:
-        s.sendall(b"GET /alive HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        s.settimeout(10)
-        data = b""
-        while (b := s.recv(65536)):
-            data += b
+    """Whether the server answers a GET (over TLS if tls)."""
+    try:
+        with chaos.connect(random.Random(0), tls=tls) as s:
+            s.sendall(b"GET /alive HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            s.settimeout(10)
+            data = b""
+            while (b := s.recv(65536)):
+                data += b
+    except (OSError, ssl.SSLError):
+        return False
     return data.startswith(b"HTTP/1.1 200 ")
 
 
@@ -367,51 +370,18 @@ def main():
         leaf.cert_chain_pems[0].write_to_path(cert)
         leaf.private_key_pem.write_to_path(key)
         ca.cert_pem.write_to_path(cafile)
-        log = open(os.path.join(tmp, "server.log"), "w+")
+        log = open(os.path.join(tmp, "server.log"), "w+")    # closed with the process
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", cert, key,
                                  str(args.threads), "1" if args.native else "0"],
                                 stdout=subprocess.PIPE, stderr=log, text=True)
         what = "yimmo.Server" if args.native else "WSGIServer(threads=%d)" % args.threads
         problems = []
-        ready = proc.stdout.readline().split()
-        if ready[:1] != ["ready"]:
-            problems.append("the server did not start")
-        else:
-            chaos = Chaos(int(ready[1]), int(ready[2]), cafile)
-            # The baseline once run() has set itself up (its wake-up pipe).
-            answers(chaos, False)
-            fds = open_fds(proc.pid)
-            threads = [threading.Thread(target=chaos.run, args=(seed + i, args.seconds))
-                       for i in range(args.clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            print("soak %s, seed %d, %g s: %s" % (what, seed, args.seconds, ", ".join(
-                "%s %d" % kv for kv in sorted(chaos.done.items()))))
-            if proc.poll() is not None:
-                problems.append("the server died (exit %d)" % proc.returncode)
-            else:
-                for tls in (False, True):
-                    if not answers(chaos, tls):
-                        problems.append("no answer over %s afterwards" % ("TLS" if tls else "TCP"))
-                # Keep-alive and WebSocket timeouts are 2 s: every client
-                # connection is gone well within 10.
-                if not wait_for(lambda: open_fds(proc.pid) <= fds, 10):
-                    problems.append("%d file descriptors open, %d at the start: %s"
-                                    % (open_fds(proc.pid), fds, describe_fds(proc.pid)))
-                proc.send_signal(signal.SIGINT)
-                try:
-                    rest = proc.communicate(timeout=30)[0]
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    rest = proc.communicate()[0]
-                    problems.append("the server did not stop on SIGINT")
-                if proc.returncode != 0 or "stopped" not in rest:
-                    problems.append("the server exited with %d" % proc.returncode)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        try:
+            soak(proc, args, seed, cafile, what, problems)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         log.seek(0)
         output = log.read()
         if re.search(r"ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer", output):
@@ -423,6 +393,45 @@ def main():
             return 1
         return 0
 
+
+def soak(proc, args, seed, cafile, what, problems):
+    """The clients against the running server, then the checks."""
+    ready = proc.stdout.readline().split()
+    if ready[:1] != ["ready"]:
+        problems.append("the server did not start")
+        return
+    chaos = Chaos(int(ready[1]), int(ready[2]), cafile)
+    # The baseline once run() has set itself up (its wake-up pipe).
+    answers(chaos, False)
+    fds = open_fds(proc.pid)
+    threads = [threading.Thread(target=chaos.run, args=(seed + i, args.seconds))
+               for i in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print("soak %s, seed %d, %g s: %s" % (what, seed, args.seconds, ", ".join(
+        "%s %d" % kv for kv in sorted(chaos.done.items()))))
+    if proc.poll() is not None:
+        problems.append("the server died (exit %d)" % proc.returncode)
+        return
+    for tls in (False, True):
+        if not answers(chaos, tls):
+            problems.append("no answer over %s afterwards" % ("TLS" if tls else "TCP"))
+    # Keep-alive and WebSocket timeouts are 2 s: every client connection is
+    # gone well within 10.
+    if not wait_for(lambda: open_fds(proc.pid) <= fds, 10):
+        problems.append("%d file descriptors open, %d at the start: %s"
+                        % (open_fds(proc.pid), fds, describe_fds(proc.pid)))
+    proc.send_signal(signal.SIGINT)
+    try:
+        rest = proc.communicate(timeout=30)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rest = proc.communicate()[0]
+        problems.append("the server did not stop on SIGINT")
+    if proc.returncode != 0 or "stopped" not in rest:
+        problems.append("the server exited with %d" % proc.returncode)
 
 if __name__ == "__main__":
     sys.exit(main())
