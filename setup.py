@@ -4,7 +4,7 @@ Environment switches (documented in docs/building.md):
   YIMMO_DEBUG=1   -O0 -g with AddressSanitizer and UndefinedBehaviorSanitizer.
   YIMMO_FUZZ=1    clang, -O1 -g with libFuzzer coverage (fuzzer-no-link), ASan
                   and UBSan: the build fuzz/run.sh runs the harnesses against.
-  YIMMO_COVERAGE=1  gcc --coverage -O0 -g, for scripts/coverage.sh (gcovr).
+  YIMMO_COVERAGE=1  gcc --coverage -fprofile-update=atomic -O0 -g, for scripts/coverage.sh.
   YIMMO_CFLAGS    extra compiler flags appended last.
 """
 import glob
@@ -74,7 +74,9 @@ def extension():
         extra_compile += ["-O1", "-g", "-DYMO_DEBUG=1"] + san
         extra_link += san
     elif os.environ.get("YIMMO_COVERAGE") == "1":
-        extra_compile += ["--coverage", "-O0", "-g"]
+        # Atomic counters: the loop and worker threads run the same code at
+        # once, and racing increments leave gcov with negative branch counts.
+        extra_compile += ["--coverage", "-fprofile-update=atomic", "-O0", "-g"]
         extra_link += ["--coverage"]
     elif os.environ.get("YIMMO_DEBUG") == "1":
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
