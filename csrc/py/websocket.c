@@ -576,7 +576,7 @@ static int get_cuts(PyObject *o, size_t len, size_t **out, Py_ssize_t *n)
     if (seq == NULL)
         return -1;
     *n = PySequence_Fast_GET_SIZE(seq);
-    *out = PyMem_Malloc(sizeof(size_t) * (size_t)(*n + 1));
+    *out = PyMem_Malloc(sizeof(size_t) * (size_t)(*n > 0 ? *n : 1));
     if (*out == NULL) {
         Py_DECREF(seq);
         PyErr_NoMemory();
