@@ -439,7 +439,8 @@ OPTIONS = [
            "Most simultaneous client connections per worker; more wait in the listen backlog.",
            validate=_at_least(1), metavar="INT", section="limits", maps_to="max_connections"),
     Option("read_size", ("--read-size",), _to_int, 16384,
-           "Bytes read from a connection per read() (the receive buffer's step).",
+           "Bytes of room for a connection's reads; a connection whose last wakeup brought "
+           "more gets room for that much (up to 256 KiB).",
            validate=_at_least(1), metavar="BYTES", section="limits", maps_to="read_size"),
     Option("send_high_water", ("--send-high-water",), _to_int, 1048576,
            "Queued response bytes past which a connection stops being read and a streaming "

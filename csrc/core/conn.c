@@ -157,6 +157,9 @@ const char *ymo_conn_peer_host(ymo_conn_t *c, size_t *len, int *port)
  * faults each time. The cache is the loop thread's: a connection a worker
  * thread owns neither takes from it nor gives to it. */
 #define SPARE_BUF_MAX (1u << 20)
+/* The most one wakeup reads ahead of the protocol, and so the most room a
+ * connection's read hint asks for. */
+#define READ_HINT_MAX (256u << 10)
 
 int ymo_conn_reserve(ymo_conn_t *c, size_t n)
 {
@@ -315,9 +318,13 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         linger_read(c);
         return;
     }
+    /* Room for as much as the last wakeup brought: a peer streaming large
+     * messages or bodies is read in one call instead of a growing few. */
+    size_t want = c->read_hint > s->cfg.read_size ? c->read_hint : s->cfg.read_size;
+    size_t total = 0;
     int got = 0, again = 0;
     for (int i = 0; i < 4; i++) {
-        if (ymo_conn_reserve(c, s->cfg.read_size) < 0) {
+        if (ymo_conn_reserve(c, want) < 0) {
             ymo__log(s, YMO_LOG_ERROR, "out of memory reading from a connection");
             ymo_conn_close(c);
             return;
@@ -326,8 +333,9 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         ssize_t n = c->transport->read(c, c->in.data + c->in.len, room);
         if (n > 0) {
             c->in.len += (size_t)n;
+            total += (size_t)n;
             got = 1;
-            if ((size_t)n < room)
+            if ((size_t)n < room || total >= READ_HINT_MAX)
                 break;
             continue;
         }
@@ -347,6 +355,7 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         c->proto->on_eof(c, n == 0 ? 0 : (int)n);
         return;
     }
+    c->read_hint = total > s->cfg.read_size ? (uint32_t)(total < READ_HINT_MAX ? total : READ_HINT_MAX) : 0;
     if (got) {
         s->last_input = ev_now(loop);
         c->proto->on_data(c);

@@ -146,6 +146,7 @@ struct ymo_conn_s {
     const ymo_proto_t *proto;
     void *proto_data;
     ymo_buf_t in;
+    uint32_t read_hint;             /* bytes the last wakeup brought, when more than read_size */
     ymo_outq_t out;
     ymo_conn_t *next, *prev;        /* the server's list of live connections */
     ymo_conn_t *next_ready;         /* the server's ready list */
