@@ -7,6 +7,7 @@ is an error (STRICT_WARNINGS) and any yimmo error log fails the test unless it
 says it expects one.
 """
 import hashlib
+import io
 import os
 import socket
 import sys
@@ -1004,6 +1005,95 @@ def test_file_wrapper_serves_a_file_and_closes_it(wsgi_server, tmp_path):
             assert resp.body == data and resp.header("content-length") == str(len(data))
     assert len(files) == 2
     assert wait_for(lambda: all(f.closed for f in files)), "the file was never closed"
+
+
+@pytest.fixture
+def blob(tmp_path):
+    data = os.urandom(100 * KiB + 3)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    return path, data
+
+
+def test_file_wrapper_head_sends_the_file_length_and_no_body(wsgi_server, blob):
+    path, data = blob
+    files = []
+
+    def app(environ, start_response):
+        f = open(path, "rb")
+        files.append(f)
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](f)
+
+    live = wsgi_server(app, validate=False)     # wsgiref's validator would hide the wrapper
+    with RawConn(live.address) as c:
+        c.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n" + get_request("/"))
+        head = c.read_response("HEAD")
+        get = c.read_response()     # nothing of the file came after the HEAD's head
+    assert head.status == 200 and head.header("content-length") == str(len(data))
+    assert get.body == data and get.header("content-length") == str(len(data))
+    assert wait_for(lambda: len(files) == 2 and all(f.closed for f in files))
+
+
+@pytest.mark.parametrize("declared", ["shorter", "longer"])
+def test_file_wrapper_against_a_wrong_content_length_closes(wsgi_server, blob, declared):
+    """The declared length is what goes out, never more; either way the
+    connection then closes, and the pipelined request behind is not read."""
+    path, data = blob
+    n = 1000 if declared == "shorter" else len(data) + 500
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", str(n))])
+        return environ["wsgi.file_wrapper"](open(path, "rb"))
+
+    live = wsgi_server(app, validate=False, expect_errors=True)
+    with RawConn(live.address) as c:
+        c.send(get_request("/") + get_request("/"))
+        head = c.read_head()
+        rest = c.read_to_eof()
+    assert head.status == 200 and head.header("content-length") == str(n)
+    assert rest == data[:n]
+
+
+def test_file_wrapper_after_write_is_sent_chunked(wsgi_server, blob):
+    """write() started a response of unknown length: the file follows as
+    chunks, from the file object's current position."""
+    path, data = blob
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        write(b"prefix:")
+        f = open(path, "rb")
+        f.seek(10)
+        return environ["wsgi.file_wrapper"](f)
+
+    live = wsgi_server(app, validate=False)
+    with RawConn(live.address) as c:
+        c.send(get_request("/") + get_request("/"))
+        for _ in range(2):
+            resp = c.read_response()
+            assert resp.chunked and resp.body == b"prefix:" + data[10:]
+
+
+def test_file_wrapper_over_a_file_like_without_fileno_is_iterated(wsgi_server):
+    data = os.urandom(50 * KiB + 1)
+    reads = []
+
+    class Reader(io.BytesIO):
+        def read(self, n=-1):
+            chunk = super().read(n)
+            reads.append((n, len(chunk)))
+            return chunk
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(len(data)))])
+        return environ["wsgi.file_wrapper"](Reader(data), 4096)
+
+    live = wsgi_server(app)
+    resp, body = live.request("GET", "/")
+    assert body == data
+    assert {n for n, _ in reads} == {4096} and reads[-1] == (4096, 0)
 
 
 def test_keep_alive_many_requests_on_one_connection(wsgi_server):
