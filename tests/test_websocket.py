@@ -1023,6 +1023,40 @@ def test_deflate_negotiation(deflate_server):
     assert deflate_negotiated(live, "x-webkit-deflate-frame") is None
 
 
+def test_deflate_quoted_parameter_values(deflate_server):
+    """RFC 6455 9.1: a parameter value may be a quoted-string, which must be
+    a token once unquoted (RFC 7692 7.1.2.1: a window size)."""
+    live, url = deflate_server()
+    p = params(deflate_negotiated(live, 'permessage-deflate; server_max_window_bits="10"'))
+    assert p.get("server_max_window_bits") == "10"
+    p = params(deflate_negotiated(live, 'permessage-deflate; server_max_window_bits="\\1\\1"'))
+    assert p.get("server_max_window_bits") == "11"
+    # Well-formed, but not a window size once unquoted: the offer is declined.
+    for bad in ('"1 0"', '"100000000000"', '""'):
+        assert deflate_negotiated(live, "permessage-deflate; server_max_window_bits=" + bad) is None
+
+
+@pytest.mark.parametrize("offer", [
+    'permessage-deflate; server_max_window_bits="10',       # unterminated
+    'permessage-deflate; server_max_window_bits="10"x',     # text after the quotes
+    "permessage-deflate; x=@",                               # not a token
+    "permessage-deflate x",
+    "permessage-deflate; =10",
+    "permessage-deflate, ;",
+    ",",
+])
+def test_deflate_malformed_extensions_header_400(deflate_server, offer):
+    live, url = deflate_server()
+    with live.connect() as c:
+        c.send(upgrade_request("/ws", extra=[("Sec-WebSocket-Extensions", offer)]))
+        resp = c.read_response()
+        assert resp.status == 400 and b"Sec-WebSocket-Extensions" in resp.body, resp
+        c.assert_closed()
+    with connect(url, compression="deflate") as ws:   # the server goes on
+        ws.send("after")
+        assert ws.recv(timeout=IO_TIMEOUT) == "after"
+
+
 def test_deflate_round_trips(deflate_server):
     live, url = deflate_server()
     with connect(url, compression="deflate", max_size=None) as c:
