@@ -15,7 +15,7 @@ import time
 import pytest
 
 import yimmo
-from apps.harness import (EXIT_RE, READY_RE, in_background, pid_gone, run_cli,  # noqa: F401
+from apps.harness import (BOOT_RE, EXIT_RE, READY_RE, in_background, pid_gone, run_cli,  # noqa: F401
                            server, wait_until)
 
 HAVE_WSGISERVER = hasattr(yimmo, "WSGIServer")
@@ -193,6 +193,17 @@ def test_a_worker_that_exits_is_replaced(server):
     y.wait_log(READY_RE, count=2)
     assert victim not in y.live_workers()
     assert y.get("/")[0] == 200
+
+
+def test_workers_killed_while_booting_are_replaced_ever_later(server, tmp_path):
+    """A worker that dies before it is ready (here SIGKILL while importing the
+    app, as an out-of-memory kill would) is replaced after 0.1 s, then 0.2,
+    0.4 ...: a crash at start-up must not become a fork loop."""
+    (tmp_path / "oom.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    y = server("oom:app", cwd=tmp_path, wait=False)
+    found = y.wait_log(r"died before it was ready; the next one starts in ([\d.]+) s", count=4)
+    assert [m.group(1) for m in found[:4]] == ["0.1", "0.2", "0.4", "0.8"]
+    assert len(y.matches(BOOT_RE)) <= 5 and y.proc.poll() is None
 
 
 def test_a_stuck_worker_is_killed_after_timeout(server, tmp_path):

@@ -113,6 +113,27 @@ def test_bad_app_with_preload_is_one_line_exit_2():
     assert_one_line_error(run_cli("-b", "127.0.0.1:0", "--preload", "hello:nope"), "has no attribute 'nope'")
 
 
+@pytest.mark.parametrize("body,fragment", [
+    ("import sys\nsys.exit(1)\n", "error importing 'quits': it called sys.exit(1) (quits.py:2)"),
+    ("import sys\nsys.exit('no DATABASE_URL')\n",
+     "error importing 'quits': it called sys.exit('no DATABASE_URL') (quits.py:2)"),
+    ("import sys\nsys.exit()\n", "error importing 'quits': it called sys.exit(None)"),
+])
+@pytest.mark.parametrize("mode", ["check-config", "serving"])
+def test_sys_exit_while_importing_is_one_line_exit_2(tmp_path, body, fragment, mode):
+    (tmp_path / "quits.py").write_text(body)
+    args = ("--check-config",) if mode == "check-config" else ("-b", "127.0.0.1:0", "-w", "2")
+    assert_one_line_error(run_cli(*args, "quits:app", cwd=tmp_path), fragment)
+
+
+def test_worker_exiting_before_it_is_ready_is_one_line_exit_2(tmp_path):
+    # os._exit() skips every handler: only the worker's exit status tells.
+    (tmp_path / "dies.py").write_text("import os\nos._exit(5)\n")
+    r = run_cli("-b", "127.0.0.1:0", "dies:app", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines()[-1] == "yimmo-wsgi: error: worker exited with code 5 before it was ready"
+
+
 def test_syntax_error_in_the_module(tmp_path):
     (tmp_path / "badsyntax.py").write_text("def application(environ, start_response)\n    return []\n")
     line = assert_one_line_error(run_cli("--check-config", "badsyntax:application", cwd=tmp_path),
@@ -185,6 +206,9 @@ def test_print_config_round_trips_as_a_config_file(tmp_path):
     assert again.returncode == 0, again.stderr
     strip = lambda out: [l.split("  #")[0] for l in out.splitlines() if not l.startswith("#")]  # noqa: E731
     assert strip(again.stdout) == strip(r.stdout)
+    # Defaults written out are accepted as they are (TLS ones without --certfile too).
+    checked = run_cli("--check-config", "-c", str(path))
+    assert checked.returncode == 0, checked.stderr
 
 
 # --- Every option from every source -----------------------------------------------------

@@ -594,6 +594,8 @@ class Arbiter:
         self.holding = True
         self.hold_until = 0.0
         self.ever_ready = False
+        self.spawn_delay = 0.0                # grows while workers die before they are ready
+        self.spawn_after = 0.0                # monotonic time before which none is spawned
         self.reload_from = None               # generation a HUP is replacing
         self.pid = os.getpid()
         self.wake_r = self.wake_w = self.status_r = self.status_w = -1
@@ -685,7 +687,10 @@ class Arbiter:
 
     def _tick(self):
         t = self.settings.timeout
-        return max(0.05, min(1.0, t / 4.0)) if t > 0 else 1.0
+        tick = max(0.05, min(1.0, t / 4.0)) if t > 0 else 1.0
+        if self.spawn_after:
+            tick = min(tick, max(0.01, self.spawn_after - time.monotonic()))
+        return tick
 
     def _wait(self, timeout):
         try:
@@ -729,6 +734,7 @@ class Arbiter:
                     w.stamp()
                 log.debug("Worker ready (pid: %d)", pid)
                 self.ever_ready = True
+                self.spawn_delay = 0.0
                 self._release()
             elif kind == "E":
                 self._boot_failed(pid, w, msg)
@@ -836,8 +842,11 @@ class Arbiter:
         # Too many (TTOU): retire the oldest.
         while len(active) > self.num_workers:
             self._retire(active.pop(0), signal.SIGTERM)
-        for _ in range(self.num_workers - len(active)):
-            self._spawn()
+        if self.spawn_after and time.monotonic() >= self.spawn_after:
+            self.spawn_after = 0.0
+        if not self.spawn_after:
+            for _ in range(self.num_workers - len(active)):
+                self._spawn()
         # Reload in progress: one old worker leaves per new worker ready.
         if self.reload_from is not None:
             ready = sum(1 for w in self._active() if w.ready)
@@ -882,6 +891,9 @@ class Arbiter:
             while len(self.exited) > 64:
                 del self.exited[next(iter(self.exited))]
             w.beat.close()
+            if not w.ready and not w.killed and w.retiring is None and not self._stopping:
+                if self._died_booting(pid, w, status):
+                    continue
             if os.WIFSIGNALED(status):
                 sig = os.WTERMSIG(status)
                 if sig == signal.SIGKILL and not w.killed:
@@ -894,6 +906,25 @@ class Arbiter:
                     log.error("Worker (pid:%d) exited with code %d", pid, code)
             if self.holding and not self._stopping:
                 self._release()  # A worker died before any was ready: show the context.
+
+    def _died_booting(self, pid, w, status):
+        """A worker ended before it was ready. One that exited by itself on
+        the first boot has hit what every worker will hit: give up, as for a
+        reported boot failure. Otherwise replace it, but each time later,
+        so a crash at start-up does not become a fork loop. True when it was
+        fatal (and said so in one line)."""
+        exited = os.WIFEXITED(status)
+        if exited and os.WEXITSTATUS(status) == WORKER_BOOT_ERROR:
+            return False  # Reported, and handled by _boot_failed.
+        if exited and not self.ever_ready and self.reload_from is None:
+            self._boot_failed(pid, w, "worker exited with code %d before it was ready"
+                              % os.WEXITSTATUS(status))
+            return True
+        self.spawn_delay = min(max(self.spawn_delay * 2, 0.1), 5.0)
+        self.spawn_after = time.monotonic() + self.spawn_delay
+        log.warning("Worker (pid:%d) died before it was ready; the next one starts in %.1f s",
+                    pid, self.spawn_delay)
+        return False
 
     def _murder(self):
         t = self.settings.timeout

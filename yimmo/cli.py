@@ -81,6 +81,8 @@ def load_app(spec):
     except SyntaxError as e:
         raise AppError("error importing %r: SyntaxError: %s (%s:%s)"
                        % (module, e.msg, e.filename, e.lineno)) from None
+    except SystemExit as e:
+        raise AppError("error importing %r: it called sys.exit(%r)%s" % (module, e.code, _where(e))) from None
     except Exception as e:
         raise AppError("error importing %r: %s%s" % (module, _one_line(e), _where(e))) from None
 
@@ -100,6 +102,8 @@ def load_app(spec):
         shown = "%s:%s" % (module, expr)
         try:
             app = eval(code, vars(mod))
+        except SystemExit as e:
+            raise AppError("app %r called sys.exit(%r)%s" % (shown, e.code, _where(e))) from None
         except Exception as e:
             raise AppError("app %r raised %s%s" % (shown, _one_line(e), _where(e))) from None
     if not callable(app):

@@ -567,7 +567,9 @@ def tls_config(settings):
                 raise ConfigError("an https:// bind needs --certfile (%s %s)"
                                   % (s.name_of("bind"), spec))
         for name in _TLS_OPTIONS:
-            if s.source(name) != "default" and getattr(s, name) is not None:
+            # A default written out (--print-config's output as a file) is no request.
+            value = getattr(s, name)
+            if s.source(name) != "default" and value is not None and value != BY_NAME[name].default:
                 raise ConfigError("%s needs --certfile" % (s.name_of(name),))
         return None
     if s.cert_reqs != "none" and s.ca_certs is None:
