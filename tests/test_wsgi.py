@@ -507,6 +507,9 @@ def probe_app(call):
     ("200 OK\r\nX-Evil: 1", "ValueError"),
     ("200 OK\nX-Evil: 1", "ValueError"),
     ("200 O\x00K", "ValueError"),
+    ("200 O\x01K", "ValueError"),   # RFC 9112 4: no control character but HTAB
+    ("200 O\x7fK", "ValueError"),
+    ("200 O\x1b[31mK", "ValueError"),
     ("200 \u20ac", "ValueError"),
     (b"200 OK", "TypeError"),
     (200, "TypeError"),
@@ -541,6 +544,14 @@ def test_start_response_status_line_is_sent_as_given(wsgi_server, status):
     ([("X-A", "a\nX-Evil: 1")], "ValueError"),
     ([("X-A", "a\rX-Evil: 1")], "ValueError"),
     ([("X-A", "a\x00X-Evil")], "ValueError"),
+    ([("X-A", "a\x01X-Evil")], "ValueError"),     # RFC 9110 5.5: no control character
+    ([("X-A", "a\x7fX-Evil")], "ValueError"),     # but HTAB in a field value
+    ([("X-A", "\x1b]8;;X-Evil")], "ValueError"),
+    ([("Content-Length", "abc"), ("X-Evil", "1")], "ValueError"),
+    ([("Content-Length", "-1"), ("X-Evil", "1")], "ValueError"),
+    ([("Content-Length", "1 1"), ("X-Evil", "1")], "ValueError"),
+    ([("Content-Length", ""), ("X-Evil", "1")], "ValueError"),
+    ([("Content-Length", "1"), ("Content-Length", "1"), ("X-Evil", "1")], "ValueError"),
     ([("X-Evil\r\nX-B", "1")], "ValueError"),
     ([("X-Evil: 1\r\nX-B", "1")], "ValueError"),
     ([("X Evil", "1")], "ValueError"),
@@ -558,6 +569,63 @@ def test_start_response_rejects_bad_headers_and_never_writes_them(wsgi_server, h
     (resp,) = parse_responses(data)
     assert (resp.status, resp.body) == (200, error.encode())
     assert b"Evil" not in data and b"X-Ok" not in data
+
+
+@pytest.mark.parametrize("status", ["200 Tab\tin reason", "200 OK"])
+def test_htab_is_allowed_in_the_reason_and_in_values(wsgi_server, status):
+    live = wsgi_server(lambda e, s: text(s, b"x", status, headers=[("X-A", "a\tb")]), validate=False)
+    data = raw_request(live.address, request())
+    assert data.startswith(b"HTTP/1.1 " + status.encode() + b"\r\n") and b"\r\nX-A: a\tb\r\n" in data
+
+
+def test_content_length_with_spaces_around_is_honoured(wsgi_server):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", " 2 ")])
+        return [b"ok"]
+
+    live = wsgi_server(app, validate=False)
+    with RawConn(live.address) as c:
+        c.send(get_request("/") + get_request("/"))
+        assert [c.read_response().body for _ in range(2)] == [b"ok", b"ok"]
+
+
+def test_the_apps_date_and_server_replace_the_servers(wsgi_server):
+    """RFC 9110 5.3, 6.6.1: one Date field; the application's wins (a proxy
+    passing on its upstream's), and so does its Server."""
+    date = "Mon, 01 Jan 2001 00:00:00 GMT"
+
+    def app(environ, start_response):
+        extra = [("Date", date), ("server", "mine")] if environ["PATH_INFO"] == "/own" else []
+        start_response("200 OK", [("Content-Type", "text/plain")] + extra)
+        return [b"x"]
+
+    live = wsgi_server(app)
+    with RawConn(live.address) as c:
+        c.send(get_request("/own") + get_request("/"))
+        own, default = c.read_response(), c.read_response()
+    assert [v for k, v in own.headers if k == "date"] == [date]
+    assert [v for k, v in own.headers if k == "server"] == ["mine"]
+    assert len([k for k, v in default.headers if k == "date"]) == 1
+    assert [v for k, v in default.headers if k == "server"] == ["yimmo"]
+
+
+def test_hop_by_hop_headers_from_the_app_are_dropped(wsgi_server):
+    """RFC 9110 7.6.1: they describe the connection, which is the server's
+    (gunicorn drops them too); the rest of the response goes out."""
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Keep-Alive", "timeout=99"),
+                                  ("TE", "trailers"), ("Upgrade", "h2c"),
+                                  ("Proxy-Connection", "keep-alive"), ("X-Kept", "1")])
+        return [b"x"]
+
+    live = wsgi_server(app, validate=False)
+    with RawConn(live.address) as c:
+        c.send(get_request("/") + get_request("/"))
+        resps = [c.read_response() for _ in range(2)]
+    for resp in resps:
+        names = [k for k, v in resp.headers]
+        assert resp.body == b"x" and "x-kept" in names
+        assert not {"keep-alive", "te", "upgrade", "proxy-connection"} & set(names), names
 
 
 def test_latin1_header_values_are_sent_as_latin1(wsgi_server):

@@ -745,6 +745,33 @@ int ymo_http_has_token(const char *v, size_t len, const char *token)
     return 0;
 }
 
+/* A response's Content-Length: 1 to 19 digits, with OWS around them. */
+static int response_length(const char *v, size_t n, uint64_t *out)
+{
+    while (n > 0 && (v[0] == ' ' || v[0] == '\t')) {
+        v++;
+        n--;
+    }
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    if (n == 0 || n > 19)
+        return YMO_E_BAD_CONTENT_LENGTH;
+    uint64_t x = 0;
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned)(v[i] - '0') > 9u)
+            return YMO_E_BAD_CONTENT_LENGTH;
+        x = x * 10 + (uint64_t)(v[i] - '0');
+    }
+    *out = x;
+    return 0;
+}
+
+/* A control character other than HTAB: never in a field value or reason. */
+static int is_ctl(unsigned char ch)
+{
+    return (ch < 0x20 && ch != '\t') || ch == 0x7f;
+}
+
 int ymo_http_check_field(const char *name, size_t nlen, const char *value, size_t vlen)
 {
     if (nlen == 0)
@@ -752,13 +779,14 @@ int ymo_http_check_field(const char *name, size_t nlen, const char *value, size_
     for (size_t i = 0; i < nlen; i++)
         if (!token_char[(unsigned char)name[i]])
             return YMO_E_BAD_HEADER_NAME;
-    /* RFC 9110 5.5: CR, LF and NUL never appear in a field value; letting
-     * them through would let the application split the response. */
-    for (size_t i = 0; i < vlen; i++) {
-        unsigned char ch = (unsigned char)value[i];
-        if (ch == '\r' || ch == '\n' || ch == '\0')
+    /* RFC 9110 5.5: no control character but HTAB in a field value; CR or
+     * LF would let the application split the response. */
+    for (size_t i = 0; i < vlen; i++)
+        if (is_ctl((unsigned char)value[i]))
             return YMO_E_BAD_HEADER_VALUE;
-    }
+    uint64_t len;
+    if (nlen == 14 && name_is(name, nlen, "content-length"))
+        return response_length(value, vlen, &len);
     return 0;
 }
 
@@ -770,11 +798,10 @@ int ymo_http_response_begin_reason(ymo_conn_t *c, int status, const char *reason
         return YMO_E_STATE;
     if (status < 100 || status > 999)
         return YMO_E_STATE;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)reason[i];
-        if (ch == '\r' || ch == '\n' || ch == '\0')
+    /* RFC 9112 4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ) */
+    for (size_t i = 0; i < len; i++)
+        if (is_ctl((unsigned char)reason[i]))
             return YMO_E_BAD_HEADER_VALUE;
-    }
     /* "HTTP/1.1 200 " reason CRLF */
     char *p = ymo_outq_reserve(&c->out, 13 + len + 2);
     if (p == NULL)
@@ -818,17 +845,22 @@ int ymo_http_response_header(ymo_conn_t *c, const char *name, size_t nlen,
     }
     if (name_is(name, nlen, "transfer-encoding"))
         return YMO_E_BAD_TRANSFER_ENCODING;
+    /* RFC 9110 7.6.1: hop-by-hop fields describe this connection, which is
+     * the server's to manage: dropped. */
+    if (name_is(name, nlen, "keep-alive") || name_is(name, nlen, "te")
+        || name_is(name, nlen, "upgrade") || name_is(name, nlen, "proxy-connection"))
+        return 0;
     if (name_is(name, nlen, "content-length")) {
-        uint64_t v = 0;
-        if (vlen == 0 || vlen > 19 || (r->flags & YMO_RESP_APP_LENGTH))
+        uint64_t v;
+        if ((r->flags & YMO_RESP_APP_LENGTH) || response_length(value, vlen, &v) < 0)
             return YMO_E_BAD_CONTENT_LENGTH;
-        for (size_t i = 0; i < vlen; i++) {
-            if (value[i] < '0' || value[i] > '9')
-                return YMO_E_BAD_CONTENT_LENGTH;
-            v = v * 10 + (uint64_t)(value[i] - '0');
-        }
         r->flags |= YMO_RESP_APP_LENGTH | YMO_RESP_HAS_LENGTH;
         r->content_length = v;
+    } else if (name_is(name, nlen, "date")) {
+        /* RFC 9110 5.3: one Date field, so the application's replaces ours. */
+        r->flags |= YMO_RESP_APP_DATE;
+    } else if (name_is(name, nlen, "server")) {
+        r->flags |= YMO_RESP_APP_SERVER;
     }
     char *p = ymo_outq_reserve(&c->out, nlen + vlen + 4);
     if (p == NULL)
@@ -910,14 +942,15 @@ int ymo_http_response_end_head(ymo_conn_t *c, int64_t known_len)
     } else if (minor == 0) {
         n = append(buf, n, "Connection: keep-alive\r\n");
     }
-    size_t dlen;
-    const char *date = ymo_server_date(s, &dlen);
+    size_t dlen = 0;
+    const char *date = (r->flags & YMO_RESP_APP_DATE) ? "" : ymo_server_date(s, &dlen);
     static const char server_line[] = "Server: yimmo\r\n";
-    char *p = ymo_outq_reserve(&c->out, n + dlen + sizeof(server_line) - 1 + 2);
+    size_t slen = (r->flags & YMO_RESP_APP_SERVER) ? 0 : sizeof(server_line) - 1;
+    char *p = ymo_outq_reserve(&c->out, n + dlen + slen + 2);
     if (p == NULL)
         return YMO_E_NOMEM;
-    memcpy(p, server_line, sizeof(server_line) - 1);
-    p += sizeof(server_line) - 1;
+    memcpy(p, server_line, slen);
+    p += slen;
     memcpy(p, date, dlen);
     p += dlen;
     memcpy(p, buf, n);

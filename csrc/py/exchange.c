@@ -254,7 +254,7 @@ static int add_header(ymo_conn_t *c, PyObject *pair)
         PyErr_Format(PyExc_ValueError, "invalid header name %R", name);
         break;
     case YMO_E_BAD_HEADER_VALUE:
-        PyErr_Format(PyExc_ValueError, "header %R: value contains CR, LF or NUL", name);
+        PyErr_Format(PyExc_ValueError, "header %R: value contains a control character", name);
         break;
     case YMO_E_BAD_TRANSFER_ENCODING:
         PyErr_SetString(PyExc_ValueError,

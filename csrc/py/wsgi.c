@@ -132,16 +132,26 @@ static int check_headers(PyObject *headers, int *app_length)
         }
         int r = ymo_http_check_field(n, nl, v, vl);
         int te = ieq(n, nl, "transfer-encoding");
-        if (ieq(n, nl, "content-length"))
-            *app_length = 1;
+        int cl = ieq(n, nl, "content-length");
         Py_XDECREF(kn);
         Py_XDECREF(kv);
         if (r == YMO_E_BAD_HEADER_NAME) {
             PyErr_Format(PyExc_ValueError, "invalid header name %R", PyTuple_GET_ITEM(pair, 0));
             return -1;
         }
+        if (r == YMO_E_BAD_CONTENT_LENGTH) {
+            PyErr_Format(PyExc_ValueError, "Content-Length %R is not a number of bytes",
+                         PyTuple_GET_ITEM(pair, 1));
+            return -1;
+        }
+        if (cl && *app_length) {
+            PyErr_SetString(PyExc_ValueError, "more than one Content-Length header");
+            return -1;
+        }
+        if (cl)
+            *app_length = 1;
         if (r < 0) {
-            PyErr_Format(PyExc_ValueError, "header %R: value contains CR, LF or NUL",
+            PyErr_Format(PyExc_ValueError, "header %R: value contains a control character",
                          PyTuple_GET_ITEM(pair, 0));
             return -1;
         }
@@ -154,7 +164,8 @@ static int check_headers(PyObject *headers, int *app_length)
     return 0;
 }
 
-/* "200 OK": three digits, a space, a reason without CR or LF. */
+/* "200 OK": three digits, a space, a reason without control characters
+ * (HTAB aside; RFC 9112 4). */
 static int check_status(PyObject *status, int *code)
 {
     if (!PyUnicode_Check(status)) {
@@ -173,7 +184,7 @@ static int check_status(PyObject *status, int *code)
     }
     for (Py_ssize_t i = 4; i < n; i++) {
         Py_UCS4 ch = PyUnicode_READ_CHAR(status, i);
-        if (ch == '\r' || ch == '\n' || ch == 0 || ch > 0xff)
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f || ch > 0xff)
             goto bad;
     }
     if (c < 200) {

@@ -16,7 +16,9 @@ enum ymo_http_resp_flags {
     YMO_RESP_NO_BODY = 1u << 4,     /* HEAD, 1xx, 204 or 304: body bytes dropped */
     YMO_RESP_CLOSE = 1u << 5,       /* the connection closes after this response */
     YMO_RESP_FINISHED = 1u << 6,
-    YMO_RESP_APP_LENGTH = 1u << 7   /* the application sent Content-Length */
+    YMO_RESP_APP_LENGTH = 1u << 7,  /* the application sent Content-Length */
+    YMO_RESP_APP_DATE = 1u << 8,    /* ... Date: the server's is left out */
+    YMO_RESP_APP_SERVER = 1u << 9   /* ... Server: the server's is left out */
 };
 
 typedef struct {
