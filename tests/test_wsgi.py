@@ -1207,6 +1207,23 @@ def test_access_log_gets_environ_status_headers_bytes_and_duration(wsgi_server):
     assert entries[1][0]["PATH_INFO"] == "/boom" and entries[1][1].startswith("500")
 
 
+@pytest.mark.parametrize("method,status,logged", [("GET", "200 OK", 5), ("HEAD", "200 OK", 0),
+                                                   ("GET", "304 Not Modified", 0)])
+def test_access_log_counts_body_bytes_sent_not_given(wsgi_server, method, status, logged):
+    entries = []
+
+    def app(environ, start_response):
+        start_response(status, [("Content-Type", "text/plain")])
+        return [b"hello"]
+
+    live = wsgi_server(app, access_log=lambda *a: entries.append(a), validate=False)
+    with RawConn(live.address) as c:
+        c.send(b"%s / HTTP/1.1\r\nHost: t\r\n\r\n" % method.encode())
+        c.read_response(method)
+    assert wait_for(lambda: entries)
+    assert entries[0][3] == logged
+
+
 def test_client_reset_mid_upload_raises_in_the_app_and_is_not_an_error(wsgi_server):
     seen = []
 

@@ -986,10 +986,8 @@ int ymo_http_response_body(ymo_conn_t *c, const char *data, size_t len, void *re
     }
     if (len == 0)
         goto drop;
-    if (r->flags & YMO_RESP_NO_BODY) {
-        r->sent += len;
-        goto drop;
-    }
+    if (r->flags & YMO_RESP_NO_BODY)
+        goto drop;      /* dropped, not sent: the access log counts 0 */
     if ((r->flags & YMO_RESP_HAS_LENGTH) && r->sent + len > r->content_length) {
         /* More than declared: send what fits and close after it. */
         size_t fit = (size_t)(r->content_length - r->sent);
@@ -1031,7 +1029,6 @@ int ymo_http_response_file(ymo_conn_t *c, int fd, uint64_t off, size_t len)
         goto drop;
     }
     if (r->flags & YMO_RESP_NO_BODY) {
-        r->sent += len;
         rc = 0;
         goto drop;
     }

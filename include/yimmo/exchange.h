@@ -25,7 +25,7 @@ typedef struct {
     int status;
     uint32_t flags;
     uint64_t content_length;
-    uint64_t sent;
+    uint64_t sent;          /* body bytes queued (none for HEAD, 204, 304) */
 } ymo_http_response_t;
 
 /* The parsed request head on c; spans are relative to *base. */
