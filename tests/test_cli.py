@@ -362,6 +362,11 @@ def test_platform_defaults():
     # A file or YIMMO_BIND beats $PORT.
     s = config.load([], environ={"PORT": "5000", "YIMMO_BIND": "127.0.0.1:1"})
     assert s.bind == ["127.0.0.1:1"]
+    # Unused, they are not read: a bad one does not stop a server told otherwise.
+    s = config.load(["-w", "2", "-b", "127.0.0.1:1"], environ={"WEB_CONCURRENCY": "many", "PORT": "http"})
+    assert s.workers == 2 and s.bind == ["127.0.0.1:1"]
+    s = config.load([], environ={"WEB_CONCURRENCY": "0", "YIMMO_WORKERS": "3"})
+    assert s.workers == 3
 
 
 @pytest.mark.parametrize("spec,kind,detail", [

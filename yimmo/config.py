@@ -668,9 +668,10 @@ def load(argv=None, environ=None, prog="yimmo-wsgi"):
     cli = vars(build_parser(prog).parse_args(argv))
 
     values, sources = {}, {}
-    # 1. Defaults.
+    # 1. Defaults; those read from the environment ($PORT, $WEB_CONCURRENCY)
+    # only once nothing else set the option, below.
     for o in OPTIONS:
-        values[o.name] = o.default_value(environ)
+        values[o.name] = None if callable(o.default) else o.default
 
     # 2. Config file: -c beats YIMMO_CONFIG.
     path = cli.get("config")
@@ -711,6 +712,10 @@ def load(argv=None, environ=None, prog="yimmo-wsgi"):
         except ValueError as e:
             raise ConfigError("%s: %s" % (_flag_name(o), e)) from None
         sources[name] = "command line"
+
+    for o in OPTIONS:
+        if sources.get(o.name) is None and callable(o.default):
+            values[o.name] = o.default(environ)
 
     # Defaults are checked too: a bad $PORT must not slip through.
     for o in OPTIONS:

@@ -921,7 +921,7 @@ static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *in
         .script_name = srv->script_name,
         .url_scheme = srv->url_scheme,
         .file_wrapper = srv->file_wrapper,
-        .multithread = srv->nthreads > 0,
+        .multithread = srv->nthreads > 1,  /* one worker thread runs one call at a time */
         .multiprocess = srv->multiprocess,
         .server_name = srv->server_name,
         .server_port = srv->server_port,
