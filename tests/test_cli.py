@@ -56,7 +56,7 @@ BAD_FLAGS = [
     (["--threads", "-1"], "--threads: must be >= 0"),
     (["-t", "soon"], "-t/--timeout: expected a number"),
     (["--graceful-timeout", "-5"], "must be >= 0"),
-    (["--keep-alive", "0"], "--keep-alive: must be > 0"),
+    (["--keep-alive", "-1"], "--keep-alive: must be >= 0"),
     (["--log-level", "loud"], "must be one of debug, info, warning, error, critical"),
     (["-b", "localhost:http"], "bad port 'http'"),
     (["-b", "127.0.0.1:70000"], "bad port '70000'"),
@@ -314,7 +314,7 @@ def test_hyphenated_file_keys(tmp_path):
 
 BAD_ENV = {
     "bind": "host:port", "workers": "0", "threads": "x", "timeout": "-1", "graceful_timeout": "x",
-    "keepalive": "0", "preload": "maybe", "log_level": "loud", "access_logformat": "%(",
+    "keepalive": "-0.5", "preload": "maybe", "log_level": "loud", "access_logformat": "%(",
     "limit_request_line": "0", "limit_request_fields": "0", "limit_request_field_size": "-3",
     "max_body_size": "big", "backlog": "0", "reuse_port": "2",
     "header_timeout": "0", "body_timeout": "-2", "send_timeout": "soon", "worker_connections": "0",
@@ -418,6 +418,17 @@ def test_keep_alive_closes_idle_connections(server):
             data += chunk
         assert data.startswith(b"HTTP/1.1 200")
         assert 0.2 < time.monotonic() - t0 < 3
+
+
+def test_keep_alive_0_closes_after_each_response(server):
+    # gunicorn's spelling for "no keep-alive".
+    y = server("--keep-alive", "0", "hello:app")
+    with socket.create_connection((y.host, y.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200") == 1 and b"\r\nConnection: close\r\n" in data
 
 
 def test_access_log_format_atoms(server):

@@ -397,8 +397,9 @@ OPTIONS = [
            "Seconds workers get to finish in-flight requests on TERM, INT or HUP before SIGKILL.",
            validate=_at_least(0), metavar="SECONDS", section="workers"),
     Option("keepalive", ("--keep-alive",), _to_float, 5.0,
-           "Seconds an idle keep-alive connection is kept open.",
-           validate=_positive, metavar="SECONDS", maps_to="keepalive_timeout"),
+           "Seconds an idle keep-alive connection is kept open; 0 closes every connection "
+           "after its response.",
+           validate=_at_least(0), metavar="SECONDS", maps_to="keepalive_timeout"),
     Option("header_timeout", ("--header-timeout",), _to_float, 10.0,
            "Seconds from a request's first byte to the end of its head (408 beyond; slowloris).",
            validate=_positive, metavar="SECONDS", maps_to="header_timeout"),

@@ -909,7 +909,7 @@ int ymo_http_response_end_head(ymo_conn_t *c, int64_t known_len)
 
     int minor = ss->parser.version_minor;
     int keepalive = (ss->parser.flags & YMO_HTTP_F_KEEPALIVE) && !(r->flags & YMO_RESP_CLOSE)
-                    && !(c->flags & YMO_CONN_DRAINING);
+                    && !(c->flags & YMO_CONN_DRAINING) && s->cfg.keepalive_timeout > 0;
     /* A request whose body was never read leaves the connection unusable. */
     if (!(ss->flags & SF_BODY_DONE))
         keepalive = 0;

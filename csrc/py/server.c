@@ -208,7 +208,8 @@ static void on_tick_timer(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* --- Construction ---------------------------------------------------------- */
 
-static int set_double(PyObject *o, const char *name, double *out)
+/* A number of seconds > 0 (>= 0 with zero_ok). */
+static int set_seconds(PyObject *o, const char *name, int zero_ok, double *out)
 {
     if (o == NULL || o == Py_None)
         return 0;
@@ -217,13 +218,14 @@ static int set_double(PyObject *o, const char *name, double *out)
         PyErr_Format(PyExc_TypeError, "%s must be a number", name);
         return -1;
     }
-    if (!(v > 0)) {
-        PyErr_Format(PyExc_ValueError, "%s must be > 0, not %R", name, o);
+    if (zero_ok ? !(v >= 0) : !(v > 0)) {
+        PyErr_Format(PyExc_ValueError, "%s must be %s, not %R", name, zero_ok ? ">= 0" : "> 0", o);
         return -1;
     }
     *out = v;
     return 0;
 }
+
 
 /* busy_poll: seconds, 0 (off) to 0.01; a value this small is what it is for. */
 static int set_busy_poll(PyObject *o, double *out)
@@ -479,11 +481,11 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     ymo_server_config_default(&cfg);
     double tick = 1.0;
     unsigned long long v;
-    if (set_double(ka, "keepalive_timeout", &cfg.keepalive_timeout) < 0
-        || set_double(ht, "header_timeout", &cfg.header_timeout) < 0
-        || set_double(bt, "body_timeout", &cfg.body_timeout) < 0
-        || set_double(st_o, "send_timeout", &cfg.send_timeout) < 0
-        || set_double(tick_o, "tick_interval", &tick) < 0
+    if (set_seconds(ka, "keepalive_timeout", 1, &cfg.keepalive_timeout) < 0
+        || set_seconds(ht, "header_timeout", 0, &cfg.header_timeout) < 0
+        || set_seconds(bt, "body_timeout", 0, &cfg.body_timeout) < 0
+        || set_seconds(st_o, "send_timeout", 0, &cfg.send_timeout) < 0
+        || set_seconds(tick_o, "tick_interval", 0, &tick) < 0
         || set_busy_poll(busy_poll, &cfg.busy_poll) < 0)
         return NULL;
     v = (unsigned long long)cfg.backlog;
@@ -548,15 +550,15 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     if (set_uint(ws_limit, "ws_send_limit", 1ull << 40, &v) < 0)
         return NULL;
     wscfg.send_limit = (size_t)v;
-    if (set_double(ws_idle, "ws_idle_timeout", &wscfg.idle_timeout) < 0)
+    if (set_seconds(ws_idle, "ws_idle_timeout", 0, &wscfg.idle_timeout) < 0)
         return NULL;
     wscfg.ping_timeout = 20.0;
     if (ws_ping != NULL && ws_ping != Py_None && PyNumber_Check(ws_ping)
         && PyFloat_AsDouble(ws_ping) == 0.0)
         wscfg.ping_interval = 0;    /* 0 turns keep-alive pings off */
-    else if (set_double(ws_ping, "ws_ping_interval", &wscfg.ping_interval) < 0)
+    else if (set_seconds(ws_ping, "ws_ping_interval", 0, &wscfg.ping_interval) < 0)
         return NULL;
-    if (set_double(ws_ping_to, "ws_ping_timeout", &wscfg.ping_timeout) < 0)
+    if (set_seconds(ws_ping_to, "ws_ping_timeout", 0, &wscfg.ping_timeout) < 0)
         return NULL;
     /* The native handler gets whole bodies (up to max_body_size) without
      * waiting on the loop; a WSGI app streams what exceeds the buffer. */

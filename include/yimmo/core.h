@@ -229,7 +229,7 @@ typedef struct {
 
 typedef struct {
     ymo_http_limits_t http;
-    double keepalive_timeout;   /* idle between requests */
+    double keepalive_timeout;   /* idle between requests; 0: no keep-alive */
     double header_timeout;      /* from the first byte until the head is complete */
     double body_timeout;        /* between reads of a body */
     double send_timeout;        /* between writes that make progress */
