@@ -246,6 +246,8 @@ SAMPLES = {
     "limit_request_field_size": ("200", 200, "200", 200),
     "max_body_size": ("1000", 1000, "1000", 1000),
     "backlog": ("16", 16, "16", 16),
+    "forwarded_allow_ips": ("10.0.0.0/8, ::1", "10.0.0.0/8, ::1", "10.0.0.0/8, ::1", "10.0.0.0/8, ::1"),
+    "script_name": ("/app", "/app", "/app", "/app"),
     "reuse_port": (None, True, "1", True),
     "certfile": ("/c.pem", "/c.pem", "/c.pem", "/c.pem"),
     "keyfile": ("/k.pem", "/k.pem", "/k.pem", "/k.pem"),
@@ -323,6 +325,7 @@ BAD_ENV = {
     "ws_ping_timeout": "never", "ws_send_limit": "0", "ws_no_deflate": "perhaps",
     "certfile": " ", "keyfile": " ", "ca_certs": " ", "cert_reqs": "sometimes", "ciphers": " ",
     "tls_min_version": "1.1", "sni_cert": "a.pem,",
+    "forwarded_allow_ips": "10.0.0.300", "script_name": "/app/",
 }
 
 
@@ -367,6 +370,11 @@ def test_platform_defaults():
     assert s.workers == 2 and s.bind == ["127.0.0.1:1"]
     s = config.load([], environ={"WEB_CONCURRENCY": "0", "YIMMO_WORKERS": "3"})
     assert s.workers == 3
+    # gunicorn's variables for the proxies trusted and the mount point.
+    s = config.load([], environ={})
+    assert (s.forwarded_allow_ips, s.script_name) == ("127.0.0.1,::1", "")
+    s = config.load([], environ={"FORWARDED_ALLOW_IPS": "*", "SCRIPT_NAME": "/app"})
+    assert (s.forwarded_allow_ips, s.script_name) == ("*", "/app")
 
 
 @pytest.mark.parametrize("spec,kind,detail", [
@@ -483,6 +491,43 @@ def test_log_level_warning_hides_info_lines(server, tmp_path):
     y.signal(15)
     assert y.wait_exit() == 0
     assert y.stderr == ""
+
+
+def test_script_name_and_forwarded_scheme(server):
+    # gunicorn's defaults: $SCRIPT_NAME, and proxies on 127.0.0.1 and ::1 trusted.
+    y = server("hello:describe", env={"SCRIPT_NAME": "/app"})
+    assert y.get("/app/x", headers={"X-Forwarded-Proto": "https"})[2] == b"/app|/x|https"
+    assert y.get("/app")[2] == b"/app||http"
+    assert y.get("/elsewhere")[2] == b"/app|/elsewhere|http"
+
+
+def test_forwarded_allow_ips_none_trusted(server):
+    y = server("--forwarded-allow-ips", "10.0.0.0/8", "hello:describe")
+    assert y.get("/x", headers={"X-Forwarded-Proto": "https"})[2] == b"|/x|http"
+
+
+def test_a_unix_socket_peer_is_a_trusted_proxy(server, tmp_path):
+    path = str(tmp_path / "y.sock")
+    server("--forwarded-allow-ips", "10.0.0.0/8", "hello:describe", bind="unix:" + path)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\n|/x|https")
+
+
+def test_wsgi_errors_goes_to_the_error_log(server, tmp_path):
+    errlog = tmp_path / "err.log"
+    y = server("--error-logfile", str(errlog), "hello:describe", wait=False)
+    wait_until(lambda: errlog.exists() and "Worker ready" in errlog.read_text(), what="a ready worker")
+    m = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", errlog.read_text())
+    y.host, y.port = "127.0.0.1", int(m.group(1))
+    assert y.get("/errors")[0] == 200
+    wait_until(lambda: "a line for wsgi.errors" in errlog.read_text(), what="the line in the log")
+    assert "a line for wsgi.errors" not in y.stderr
 
 
 def test_error_logfile(server, tmp_path):

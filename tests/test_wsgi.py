@@ -214,6 +214,52 @@ def test_multiprocess_is_as_given(env_server):
     assert env["wsgi.multiprocess"] is True
 
 
+@pytest.mark.parametrize("allow, headers, scheme, port", [
+    # gunicorn's secure_scheme_headers, from a trusted peer (this test's 127.0.0.1).
+    ("127.0.0.1", [("X-Forwarded-Proto", "https")], "https", "443"),
+    ("127.0.0.0/8", [("X-Forwarded-Proto", "HTTPS")], "https", "443"),
+    ("*", [("X-Forwarded-Ssl", "on")], "https", "443"),
+    ("::1, 127.0.0.1", [("X-Forwarded-Protocol", "ssl")], "https", "443"),
+    ("127.0.0.1", [("X-Forwarded-Proto", "http")], "http", "80"),
+    ("127.0.0.1", [], "http", "80"),
+    # Proxies that disagree: never a claim of https.
+    ("127.0.0.1", [("X-Forwarded-Proto", "https"), ("X-Forwarded-Ssl", "off")], "http", "80"),
+    # An untrusted peer's header is only a header.
+    ("10.0.0.0/8, ::1", [("X-Forwarded-Proto", "https")], "http", "80"),
+    (None, [("X-Forwarded-Proto", "https")], "http", "80"),
+])
+def test_forwarded_scheme_from_trusted_proxies(env_server, allow, headers, scheme, port):
+    live = env_server(forwarded_allow_ips=allow)
+    env = one_environ(live, request(headers=headers))
+    assert (env["wsgi.url_scheme"], env["SERVER_PORT"]) == (scheme, port)
+    if headers:
+        assert env["HTTP_" + headers[0][0].upper().replace("-", "_")] == headers[0][1]
+    env = one_environ(live, request())      # the next request starts over
+    assert env["wsgi.url_scheme"] == "http"
+
+
+@pytest.mark.parametrize("allow", ["localhost", "1.2.3.4/33", "10.0.0.1/", ["127.0.0.1", 1], 5])
+def test_bad_forwarded_allow_ips(allow):
+    with pytest.raises((ValueError, TypeError), match="forwarded_allow_ips"):
+        yimmo.WSGIServer(lambda e, s: [], port=0, forwarded_allow_ips=allow)
+
+
+def test_wsgi_errors_is_the_stream_given(env_server):
+    class Stream:
+        def write(self, s):
+            pass
+
+        def flush(self):
+            pass
+
+        def writelines(self, lines):
+            pass
+
+    stream = Stream()
+    live = env_server(errors=stream, validate=False)    # wsgiref would wrap it
+    assert one_environ(live, request())["wsgi.errors"] is stream
+
+
 @pytest.mark.parametrize("threads", [0, 1, 4])
 def test_multithread_is_true_with_worker_threads(env_server, threads):
     # One worker thread never runs two calls at once (gunicorn: threads > 1).

@@ -113,12 +113,39 @@ class _ReopenableHandler(logging.StreamHandler):
             super().close()
 
 
+class _ErrorStream:
+    """wsgi.errors: text the application writes goes to the error log's
+    stream as it is (the file --error-logfile names, reopened on USR1)."""
+
+    def __init__(self, logs):
+        self._logs = logs
+
+    def write(self, s):
+        h = self._logs.error_handler
+        if h is None:
+            return sys.stderr.write(s)
+        with h.lock:
+            return h.stream.write(s)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        h = self._logs.error_handler
+        if h is None:
+            sys.stderr.flush()
+        else:
+            h.flush()
+
+
 class Logs:
     """The error log (the `yimmo` logger, which the C engine also uses) and the access log."""
 
     def __init__(self):
         self.error_handler = None
         self.access = None
+        self.errors = _ErrorStream(self)    # wsgi.errors: into the error log
 
     def setup(self, settings):
         """(Re)configure from settings; files that cannot be opened raise OSError."""
@@ -493,6 +520,9 @@ class WorkerProcess:
             max_header_size=s.limit_request_field_size,
             multiprocess=a.num_workers > 1,
             access_log=a.logs.access,
+            errors=a.logs.errors,
+            forwarded_allow_ips=s.forwarded_allow_ips,
+            script_name=s.script_name,
         )
         beat, pack, now = self.worker.beat, struct.pack_into, time.monotonic
 

@@ -22,6 +22,7 @@ bind without a certificate, ...) are made by ``tls_config()``, which also
 builds the ``tls=`` dict of ``yimmo.WSGIServer``.
 """
 import argparse
+import ipaddress
 import os
 import re
 import sys
@@ -371,6 +372,29 @@ def _default_workers(environ):
     return 1
 
 
+def _default_forwarded(environ):
+    return environ.get("FORWARDED_ALLOW_IPS", "").strip() or "127.0.0.1,::1"
+
+
+def _default_script_name(environ):
+    return environ.get("SCRIPT_NAME", "")
+
+
+def _check_proxies(v):
+    for item in (i.strip() for i in v.split(",")):
+        if not item or item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError("%r is not an IP address or network" % (item,)) from None
+
+
+def _check_script_name(v):
+    if v and (not v.startswith("/") or v.endswith("/")):
+        raise ValueError("must be empty or a path like /app (no trailing slash), got %r" % (v,))
+
+
 OPTIONS = [
     Option("app", (), _to_opt_str, None,
            "The WSGI application, 'MODULE:EXPRESSION' (the positional argument; "
@@ -451,6 +475,15 @@ OPTIONS = [
            "Seconds the event loop keeps polling without sleeping after input arrived "
            "(lower latency for one busy CPU; 0: off, at most 0.01).",
            validate=_between(0, 0.01), metavar="SECONDS", section="workers", maps_to="busy_poll"),
+    Option("forwarded_allow_ips", ("--forwarded-allow-ips",), _to_str, _default_forwarded,
+           "Proxies (addresses or networks, comma-separated; * for any) whose X-Forwarded-Proto, "
+           "X-Forwarded-Protocol or X-Forwarded-Ssl header sets wsgi.url_scheme; a Unix socket "
+           "peer counts as one. Default $FORWARDED_ALLOW_IPS, or 127.0.0.1,::1.",
+           validate=_check_proxies, metavar="ADDRESSES", maps_to="forwarded_allow_ips"),
+    Option("script_name", ("--script-name",), _to_str, _default_script_name,
+           "The path the app is mounted at (SCRIPT_NAME); a request path under it has it removed "
+           "in PATH_INFO. Default $SCRIPT_NAME, or none.",
+           validate=_check_script_name, metavar="PATH", maps_to="script_name"),
     Option("backlog", ("--backlog",), _to_int, 2048,
            "Listen queue length of each listening socket.",
            validate=_at_least(1), metavar="INT", maps_to="backlog"),
@@ -767,6 +800,10 @@ def options_table():
             default = "`127.0.0.1:8000`, or `0.0.0.0:$PORT`"
         elif o.name == "workers":
             default = "`$WEB_CONCURRENCY` or 1"
+        elif o.name == "forwarded_allow_ips":
+            default = "`$FORWARDED_ALLOW_IPS` or `127.0.0.1,::1`"
+        elif o.name == "script_name":
+            default = "`$SCRIPT_NAME` or none"
         else:
             d = o.default
             default = "none" if d is None else "`%s`" % (

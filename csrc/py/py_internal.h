@@ -142,6 +142,20 @@ PyObject *ymo__py_tls_info(ymo_conn_t *c);
  * on plain connections, -1 on error. */
 int ymo__py_tls_environ(ymo_py_state *st, PyObject *env, ymo_conn_t *c);
 
+/* A trusted proxy's address or network (forwarded_allow_ips): IPv4 as
+ * IPv4-mapped IPv6, bits the prefix length. */
+typedef struct {
+    uint8_t addr[16];
+    int bits;
+} ymo_py_proxy_t;
+
+/* Parse forwarded_allow_ips (None, "*", "a, b/n", or an iterable of such
+ * strings) into *out (malloc'ed), *n and *any. -1 with ValueError/TypeError. */
+int ymo__py_parse_proxies(PyObject *o, ymo_py_proxy_t **out, int *n, int *any);
+/* Whether the peer of c is one of them (a Unix socket peer always is, once
+ * any proxy is trusted). */
+int ymo__py_peer_proxied(const ymo_py_proxy_t *p, int n, int any, const ymo_conn_t *c);
+
 /* yimmo.Server. */
 typedef struct {
     PyObject_HEAD
@@ -174,6 +188,10 @@ typedef struct {
     PyObject *server_name;      /* str, from the first listener */
     PyObject *server_port;      /* str */
     PyObject *access_log;       /* callable or NULL */
+    PyObject *errors;           /* wsgi.errors, or NULL: sys.stderr as it is then */
+    ymo_py_proxy_t *proxies;    /* forwarded_allow_ips (malloc'ed), nproxies of them */
+    int nproxies;
+    int any_proxy;              /* forwarded_allow_ips="*" */
     PyObject *file_wrapper;     /* yimmo.wsgi.FileWrapper */
     PyObject *environ_template; /* copied for each request: keys in place */
     PyObject *ws_routes;        /* {path: handler} for WebSockets, or NULL */
@@ -239,6 +257,8 @@ typedef struct {
     const char *remote;                     /* REMOTE_ADDR, latin-1 */
     size_t remote_len;
     int remote_port;
+    int proxied;        /* a trusted proxy: X-Forwarded-Proto and the like set the scheme */
+    PyObject *errors;                       /* wsgi.errors, or NULL for sys.stderr */
 } ymo_py_environ_src_t;
 
 /* The environ the WSGIServer gives the application for the request p parsed

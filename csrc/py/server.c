@@ -387,7 +387,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         "tune_malloc", "busy_poll",
         /* WSGIServer only, from here, apart from threads. */
         "url_scheme", "script_name", "multiprocess", "access_log", "threads",
-        "body_buffer_size", NULL,
+        "body_buffer_size", "errors", "forwarded_allow_ips", NULL,
     };
     PyObject *handler, *host_o = NULL, *port_o = NULL, *sock = Py_None, *backlog_o = NULL;
     int reuse_port = 0;
@@ -401,19 +401,20 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     int tune_malloc = 1;
     PyObject *busy_poll = NULL;
     PyObject *url_scheme = NULL, *script_name = NULL, *multiprocess = NULL;
-    PyObject *access_log = NULL, *threads = NULL, *bbs = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOpOOOOOpOOOOOOO", kwlist, &handler,
+    PyObject *access_log = NULL, *threads = NULL, *bbs = NULL, *errors = NULL, *proxies = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OOOOpOOOOOOOOOOOOOOOOpOOOOOpOOOOOOOOO", kwlist, &handler,
                                      &host_o, &port_o, &sock, &backlog_o, &reuse_port, &ka, &ht,
                                      &bt, &st_o, &mb, &mrl, &mhs, &mhb, &mh, &on_tick, &tick_o,
                                      &maxconn, &ws_routes, &ws_max, &ws_idle, &ws_limit, &ws_deflate,
                                      &read_size, &high_water, &ws_ping, &ws_ping_to, &tls_o,
                                      &tune_malloc, &busy_poll, &url_scheme, &script_name, &multiprocess, &access_log,
-                                     &threads, &bbs))
+                                     &threads, &bbs, &errors, &proxies))
         return NULL;
-    if (!wsgi && (url_scheme || script_name || multiprocess || access_log || bbs)) {
+    if (!wsgi && (url_scheme || script_name || multiprocess || access_log || bbs || errors
+                  || proxies)) {
         PyErr_SetString(PyExc_TypeError,
-                        "url_scheme, script_name, multiprocess, access_log and "
-                        "body_buffer_size are WSGIServer arguments");
+                        "url_scheme, script_name, multiprocess, access_log, body_buffer_size, "
+                        "errors and forwarded_allow_ips are WSGIServer arguments");
         return NULL;
     }
     const char *what = wsgi ? "app" : "handler";
@@ -626,7 +627,9 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         self->url_scheme = url_scheme ? Py_NewRef(url_scheme) : PyUnicode_FromString("http");
         self->script_name = script_name ? Py_NewRef(script_name) : Py_NewRef(self->st->str_empty);
         self->access_log = access_log != NULL && access_log != Py_None ? Py_NewRef(access_log) : NULL;
-        if (self->url_scheme == NULL || cache_server_name(self) < 0)
+        self->errors = errors != NULL && errors != Py_None ? Py_NewRef(errors) : NULL;
+        if (self->url_scheme == NULL || cache_server_name(self) < 0
+            || ymo__py_parse_proxies(proxies, &self->proxies, &self->nproxies, &self->any_proxy) < 0)
             goto error;
         PyObject *mod = PyImport_ImportModule("yimmo.wsgi");
         if (mod == NULL)
@@ -882,6 +885,7 @@ static int server_traverse(YmoServerObject *self, visitproc visit, void *arg)
     Py_VISIT(self->parked);
     Py_VISIT(self->on_tick);
     Py_VISIT(self->access_log);
+    Py_VISIT(self->errors);
     Py_VISIT(self->file_wrapper);
     Py_VISIT(self->ws_routes);
     return 0;
@@ -893,6 +897,7 @@ static int server_clear(YmoServerObject *self)
     Py_CLEAR(self->parked);
     Py_CLEAR(self->on_tick);
     Py_CLEAR(self->access_log);
+    Py_CLEAR(self->errors);
     Py_CLEAR(self->file_wrapper);
     Py_CLEAR(self->environ_template);
     Py_CLEAR(self->ws_routes);
@@ -915,6 +920,7 @@ static void server_dealloc(YmoServerObject *self)
         pthread_cond_destroy(&self->wq_cond);
     }
     free(self->garbage);
+    free(self->proxies);
     server_clear(self);
     tp->tp_free(self);
     Py_DECREF(tp);
@@ -982,7 +988,8 @@ static PyType_Slot wsgi_server_slots[] = {
     {Py_tp_doc,
      "WSGIServer(app, *, host='127.0.0.1', port=8000, sock=None, url_scheme='http',\n"
      "           script_name='', multiprocess=False, access_log=None,\n"
-     "           body_buffer_size=65536, threads=0, ... and every Server argument)\n\n"
+     "           body_buffer_size=65536, threads=0, errors=None,\n"
+     "           forwarded_allow_ips=None, ... and every Server argument)\n\n"
      "A PEP 3333 server calling app(environ, start_response) for every request."},
     {Py_tp_new, wsgi_server_new},
     {Py_tp_dealloc, server_dealloc},

@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <fcntl.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -752,6 +753,176 @@ static int add_header(ymo_py_state *st, PyObject *env, const char *base,
     return r;
 }
 
+/* --- Trusted proxies (forwarded_allow_ips) -------------------------------- */
+
+/* One "ADDR" or "ADDR/BITS" into *p; 0, or -1 when it is neither. */
+static int parse_proxy(const char *s, size_t len, ymo_py_proxy_t *p)
+{
+    char buf[INET6_ADDRSTRLEN + 4];
+    if (len == 0 || len >= sizeof(buf))
+        return -1;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    char *slash = strchr(buf, '/');
+    long bits = -1;
+    if (slash != NULL) {
+        char *end;
+        *slash = '\0';
+        bits = strtol(slash + 1, &end, 10);
+        if (slash[1] < '0' || slash[1] > '9' || *end != '\0' || bits > 128)
+            return -1;
+    }
+    struct in_addr a4;
+    memset(p->addr, 0, sizeof(p->addr));
+    if (inet_pton(AF_INET, buf, &a4) == 1) {
+        if (bits > 32)
+            return -1;
+        p->addr[10] = p->addr[11] = 0xff;
+        memcpy(p->addr + 12, &a4, 4);
+        p->bits = bits < 0 ? 128 : 96 + (int)bits;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, buf, p->addr) == 1) {
+        p->bits = bits < 0 ? 128 : (int)bits;
+        return 0;
+    }
+    return -1;
+}
+
+/* Add the comma-separated entries of s to the array. */
+static int add_proxies(PyObject *str, ymo_py_proxy_t **out, int *n, int *any)
+{
+    Py_ssize_t len;
+    const char *s = PyUnicode_AsUTF8AndSize(str, &len);
+    if (s == NULL)
+        return -1;
+    Py_ssize_t i = 0;
+    while (i <= len) {
+        Py_ssize_t j = i;
+        while (j < len && s[j] != ',')
+            j++;
+        Py_ssize_t a = i, b = j;
+        while (a < b && (s[a] == ' ' || s[a] == '\t'))
+            a++;
+        while (b > a && (s[b - 1] == ' ' || s[b - 1] == '\t'))
+            b--;
+        i = j + 1;
+        if (a == b)
+            continue;
+        if (b - a == 1 && s[a] == '*') {
+            *any = 1;
+            continue;
+        }
+        ymo_py_proxy_t *grown = realloc(*out, (size_t)(*n + 1) * sizeof(**out));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        *out = grown;
+        if (parse_proxy(s + a, (size_t)(b - a), &grown[*n]) < 0) {
+            PyObject *bad = PyUnicode_DecodeUTF8(s + a, b - a, "replace");
+            if (bad != NULL) {
+                PyErr_Format(PyExc_ValueError,
+                             "forwarded_allow_ips: %R is not an IP address or network", bad);
+                Py_DECREF(bad);
+            }
+            return -1;
+        }
+        (*n)++;
+    }
+    return 0;
+}
+
+int ymo__py_parse_proxies(PyObject *o, ymo_py_proxy_t **out, int *n, int *any)
+{
+    *out = NULL;
+    *n = *any = 0;
+    if (o == NULL || o == Py_None)
+        return 0;
+    if (PyUnicode_Check(o)) {
+        if (add_proxies(o, out, n, any) == 0)
+            return 0;
+        goto error;
+    }
+    PyObject *it = PyObject_GetIter(o);
+    if (it == NULL) {
+        PyErr_Format(PyExc_TypeError, "forwarded_allow_ips must be a str or an iterable of "
+                     "str, not %.100s", Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        int r = PyUnicode_Check(item) ? add_proxies(item, out, n, any) : -2;
+        if (r == -2)
+            PyErr_Format(PyExc_TypeError, "forwarded_allow_ips: %R is not a str", item);
+        Py_DECREF(item);
+        if (r < 0)
+            break;
+    }
+    Py_DECREF(it);
+    if (!PyErr_Occurred())
+        return 0;
+error:
+    free(*out);
+    *out = NULL;
+    *n = *any = 0;
+    return -1;
+}
+
+int ymo__py_peer_proxied(const ymo_py_proxy_t *p, int n, int any, const ymo_conn_t *c)
+{
+    if (n == 0 && !any)
+        return 0;
+    uint8_t a[16] = {0};
+    const struct sockaddr_storage *ss = &c->peer;
+    if (ss->ss_family == AF_INET) {
+        a[10] = a[11] = 0xff;
+        memcpy(a + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    } else if (ss->ss_family == AF_INET6) {
+        memcpy(a, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    } else {
+        return 1;   /* a Unix socket: only the host's own processes reach it */
+    }
+    if (any)
+        return 1;
+    for (int i = 0; i < n; i++) {
+        int full = p[i].bits / 8, rest = p[i].bits % 8;
+        if (memcmp(a, p[i].addr, (size_t)full) != 0)
+            continue;
+        if (rest == 0 || ((a[full] ^ p[i].addr[full]) & (0xff00 >> rest)) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* gunicorn's secure_scheme_headers: from a trusted proxy, each says https
+ * with its value, http with any other. */
+static const struct {
+    const char *name;
+    size_t len;
+    const char *secure;
+} scheme_headers[] = {
+    {"x-forwarded-proto", 17, "https"},
+    {"x-forwarded-protocol", 20, "ssl"},
+    {"x-forwarded-ssl", 15, "on"},
+};
+
+/* Fold h into *scheme (-1 none yet, 0 http, 1 https); proxies that disagree
+ * get http, never a claim of https. */
+static void forwarded_scheme(const char *base, const ymo_http_header_t *h, int *scheme)
+{
+    for (size_t i = 0; i < sizeof(scheme_headers) / sizeof(scheme_headers[0]); i++) {
+        if (h->name.len != scheme_headers[i].len
+            || memcmp(base + h->name.off, scheme_headers[i].name, h->name.len) != 0)
+            continue;
+        size_t sl = strlen(scheme_headers[i].secure);
+        int https = h->value.len == sl
+                    && strncasecmp(base + h->value.off, scheme_headers[i].secure, sl) == 0;
+        *scheme = *scheme < 0 ? https : (*scheme && https);
+        return;
+    }
+}
+
 /* A str of the decimal digits of v, without printf. */
 static PyObject *uint_str(unsigned long v)
 {
@@ -828,13 +999,19 @@ static PyObject *environ_build(ymo_py_state *st, PyObject *template, const ymo_h
         goto error;
 
     const ymo_http_header_t *host = NULL;
+    int scheme = -1;
     for (uint32_t i = 0; i < p->nheaders; i++) {
         const ymo_http_header_t *h = &p->headers[i];
         if (h->id == YMO_HDR_HOST && host == NULL)
             host = h;
+        else if (src->proxied && h->id == YMO_HDR_OTHER)
+            forwarded_scheme(base, h, &scheme);
         if (add_header(st, env, base, h) < 0)
             goto error;
     }
+    if (scheme >= 0 && set_item(env, K[WK_WSGI_URL_SCHEME],
+                                PyUnicode_FromString(scheme ? "https" : "http")) < 0)
+        goto error;
 
     /* SERVER_NAME and SERVER_PORT from Host when there is one; from the
      * request-target when it is in absolute form (RFC 9112 3.2.2: the
@@ -874,8 +1051,9 @@ static PyObject *environ_build(ymo_py_state *st, PyObject *template, const ymo_h
                          PyUnicode_DecodeLatin1(hv + colon + 1, (Py_ssize_t)(hl - colon - 1), NULL)) < 0)
                 goto error;
         } else {
-            int https = src->tls
-                        || PyUnicode_CompareWithASCIIString(src->url_scheme, "https") == 0;
+            int https = src->tls || scheme == 1
+                        || (scheme < 0
+                            && PyUnicode_CompareWithASCIIString(src->url_scheme, "https") == 0);
             if (set_item(env, K[WK_SERVER_PORT], PyUnicode_FromString(https ? "443" : "80")) < 0)
                 goto error;
         }
@@ -898,9 +1076,11 @@ static PyObject *environ_build(ymo_py_state *st, PyObject *template, const ymo_h
         || set_item(env, K[WK_REMOTE_PORT], uint_str((unsigned long)src->remote_port)) < 0)
         goto error;
 
-    /* sys.stderr as it is now (it may have been replaced), looked up with
-     * interned names: PySys_GetObject() builds its key on every call. */
-    PyObject *errors = PyObject_GetAttr(st->sys_module, st->str_stderr);
+    /* The server's error stream, or sys.stderr as it is now (it may have
+     * been replaced), looked up with interned names: PySys_GetObject()
+     * builds its key on every call. */
+    PyObject *errors = src->errors != NULL ? Py_NewRef(src->errors)
+                                           : PyObject_GetAttr(st->sys_module, st->str_stderr);
     if (errors == NULL)
         PyErr_Clear();
     if (PyDict_SetItem(env, K[WK_WSGI_INPUT], input) < 0
@@ -927,6 +1107,8 @@ static PyObject *build_environ(YmoServerObject *srv, ymo_conn_t *c, PyObject *in
         .server_port = srv->server_port,
         .local = c->local,
         .tls = ymo_tls_active(c),
+        .proxied = ymo__py_peer_proxied(srv->proxies, srv->nproxies, srv->any_proxy, c),
+        .errors = srv->errors,
     };
     src.remote = ymo_conn_peer_host(c, &src.remote_len, &src.remote_port);
     if (srv->environ_template == NULL

@@ -35,6 +35,17 @@ def application(environ, start_response):
 app = application
 
 
+def describe(environ, start_response):
+    """'SCRIPT_NAME|PATH_INFO|wsgi.url_scheme'; /errors writes a line to wsgi.errors."""
+    if environ["PATH_INFO"] == "/errors":
+        environ["wsgi.errors"].write("a line for wsgi.errors\n")
+        environ["wsgi.errors"].flush()
+    body = "|".join([environ["SCRIPT_NAME"], environ["PATH_INFO"],
+                     environ["wsgi.url_scheme"]]).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 def create_app(greeting="hello"):
     """A factory: 'hello:create_app("hi")'."""
     def factory_app(environ, start_response):
