@@ -1080,7 +1080,8 @@ def decode_environ_input(raw):
     """Split a wsgi_environ input into (settings, request bytes).
 
     Byte 0 picks the settings: bits 0-1 script_name, bit 2 url_scheme, bits
-    3-4 remote, bits 5-6 server (the _ENVIRON_* tuples); the rest is data.
+    3-4 remote, bits 5-6 server (the _ENVIRON_* tuples), bit 7 proxied; the
+    rest is data.
     """
     if not raw:
         return {}, b""
@@ -1088,15 +1089,33 @@ def decode_environ_input(raw):
     settings = {"script_name": _ENVIRON_SCRIPT_NAMES[b0 & 3],
                 "url_scheme": _ENVIRON_SCHEMES[b0 >> 2 & 1],
                 "remote": _ENVIRON_REMOTES[b0 >> 3 & 3],
-                "server": _ENVIRON_SERVERS[b0 >> 5 & 3]}
+                "server": _ENVIRON_SERVERS[b0 >> 5 & 3],
+                "proxied": bool(b0 >> 7)}
     return settings, bytes(raw[1:])
 
 
 def encode_environ_input(data, script_name="", url_scheme="http",
-                         remote=("127.0.0.1", 12345), server=("localhost", "8000")):
+                         remote=("127.0.0.1", 12345), server=("localhost", "8000"), proxied=False):
     b0 = (_ENVIRON_SCRIPT_NAMES.index(script_name) | _ENVIRON_SCHEMES.index(url_scheme) << 2
-          | _ENVIRON_REMOTES.index(remote) << 3 | _ENVIRON_SERVERS.index(server) << 5)
+          | _ENVIRON_REMOTES.index(remote) << 3 | _ENVIRON_SERVERS.index(server) << 5
+          | int(proxied) << 7)
     return bytes([b0]) + data
+
+
+_SECURE_SCHEME = {b"x-forwarded-proto": b"https", b"x-forwarded-protocol": b"ssl",
+                  b"x-forwarded-ssl": b"on"}
+
+
+def ref_url_scheme(headers, url_scheme, proxied):
+    """gunicorn's secure_scheme_headers, from a trusted proxy: each says
+    https with its value (ASCII case aside), http with another; any http wins.
+    headers are parse_http_request's (lower-case name, value) bytes pairs."""
+    if not proxied:
+        return url_scheme
+    says = [v.lower() == _SECURE_SCHEME[n] for n, v in headers if n in _SECURE_SCHEME]
+    if not says:
+        return url_scheme
+    return "https" if all(says) else "http"
 
 
 def ref_path_info(path, script_name):
@@ -1178,7 +1197,8 @@ def check_environ(raw):
     env = build_wsgi_environ(data, **settings)
     expect(type(env) is dict, "environ is not a dict", type(env))
     script_name = settings.get("script_name", "")
-    url_scheme = settings.get("url_scheme", "http")
+    url_scheme = ref_url_scheme(req[5], settings.get("url_scheme", "http"),
+                                settings.get("proxied", False))
     remote = settings.get("remote", ("127.0.0.1", 12345))
     server = settings.get("server", ("localhost", "8000"))
 

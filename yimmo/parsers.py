@@ -82,7 +82,8 @@ WSGI environ (PEP 3333)
 -----------------------
 
 ``build_wsgi_environ(data, *, script_name="", url_scheme="http",
-remote=("127.0.0.1", 12345), server=("localhost", "8000"))`` parses the first
+remote=("127.0.0.1", 12345), server=("localhost", "8000"), proxied=False)``
+parses the first
 request in ``data`` as :func:`parse_http_request` does (same limits, same
 :class:`ParseError`, "YMO_AGAIN" when the request or its body is incomplete)
 and returns the environ ``dict`` a ``WSGIServer`` with that ``script_name``
@@ -100,6 +101,10 @@ and ``url_scheme`` would give the application, built by the same C code:
   else Host, else ``server`` (the server uses its local address there);
   the port defaults to 80, or 443 when ``url_scheme`` is "https".
 - ``REMOTE_ADDR`` / ``REMOTE_PORT`` from ``remote`` (a ``(str, int)`` pair).
+- With ``proxied`` (the peer is one of ``forwarded_allow_ips``),
+  ``X-Forwarded-Proto: https``, ``X-Forwarded-Protocol: ssl`` or
+  ``X-Forwarded-Ssl: on`` make ``wsgi.url_scheme`` "https", another value of
+  them "http", and proxies that disagree "http"; the default port follows.
 - ``wsgi.input`` is an ``io.BytesIO`` of the decoded body (the server's is a
   stream reading the connection; both give the same bytes);
   ``wsgi.multithread`` and ``wsgi.multiprocess`` are False.

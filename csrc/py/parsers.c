@@ -498,7 +498,8 @@ static int address_arg(PyObject *pair, const char *what, int port_is_int, PyObje
 
 static PyObject *build_wsgi_environ(PyObject *module, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"data", "script_name", "url_scheme", "remote", "server", NULL};
+    static char *kwlist[] = {"data", "script_name", "url_scheme", "remote", "server", "proxied",
+                             NULL};
     ymo_py_state *st = ymo__py_state(module);
     PyObject *data, *script_name = st->str_empty, *url_scheme = NULL, *remote = NULL,
              *server = NULL;
@@ -506,10 +507,10 @@ static PyObject *build_wsgi_environ(PyObject *module, PyObject *args, PyObject *
              *wsgi = NULL, *file_wrapper = NULL, *env = NULL;
     one_request_t r;
     ymo_py_environ_src_t src = {.script_name = NULL};
-    int parsed = 0;
+    int parsed = 0, proxied = 0;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$UUOO:build_wsgi_environ", kwlist, &data,
-                                     &script_name, &url_scheme, &remote, &server))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$UUOOp:build_wsgi_environ", kwlist, &data,
+                                     &script_name, &url_scheme, &remote, &server, &proxied))
         return NULL;
     /* The defaults, new references (the given ones are borrowed). */
     url_scheme = url_scheme ? Py_NewRef(url_scheme) : PyUnicode_FromString("http");
@@ -540,6 +541,7 @@ static PyObject *build_wsgi_environ(PyObject *module, PyObject *args, PyObject *
     src.remote = PyBytes_AS_STRING(rhost);
     src.remote_len = (size_t)PyBytes_GET_SIZE(rhost);
     src.remote_port = (int)PyLong_AsLong(rport);   /* checked by address_arg */
+    src.proxied = proxied;
     env = ymo__py_wsgi_environ(st, &r.p, r.buf, &src, input);
 done:
     if (parsed)
