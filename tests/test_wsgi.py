@@ -1271,6 +1271,37 @@ def test_access_log_counts_body_bytes_sent_not_given(wsgi_server, method, status
     assert entries[0][3] == logged
 
 
+@pytest.mark.parametrize("case", ["bad chunk", "body timeout"])
+def test_a_bad_body_after_the_response_started_closes_without_a_second_status(wsgi_server, case):
+    """The app answered before reading (write(), then wsgi.input): a 400 or
+    408 now would be a status line inside its response. The connection
+    closes instead (RFC 9112 9.6), the response visibly cut."""
+    seen = []
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"partial-")
+        try:
+            environ["wsgi.input"].read()
+        except Exception as e:
+            seen.append(e)
+            raise
+        return [b"complete"]
+
+    live = wsgi_server(app, validate=False, expect_errors=True, body_timeout=0.5)
+    with RawConn(live.address) as c:
+        c.send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+               b"Expect: 100-continue\r\n\r\n")
+        if case == "bad chunk":
+            c.send(b"3\r\nabc\r\nZZ\r\n\r\n")
+        data = c.read_to_eof()
+    # No 100 Continue: a response started already (RFC 9110 10.1.1).
+    assert data.count(b"HTTP/1.1 ") == 1, data
+    head, _, body = data.partition(b"HTTP/1.1 200 OK\r\n")[2].partition(b"\r\n\r\n")
+    assert body == b"8\r\npartial-\r\n", data     # no last chunk: the client sees it cut
+    assert wait_for(lambda: seen) and isinstance(seen[0], OSError)
+
+
 def test_client_reset_mid_upload_raises_in_the_app_and_is_not_an_error(wsgi_server):
     seen = []
 

@@ -74,6 +74,16 @@ int ymo_http_respond_error(ymo_conn_t *c, int status, const char *reason)
     ymo__log(s, YMO_LOG_INFO, "%d %s from %s: %s", status, phrase, peer, reason);
 
     ss->state = S_DEAD;
+    if (ss->resp.flags & YMO_RESP_STARTED) {
+        /* The application's response is on its way (it answered before
+         * reading the body): a status line now would land inside it. What
+         * is queued goes, then the connection closes (RFC 9112 9.6), which
+         * shows the client the response is cut. */
+        ss->resp.flags |= YMO_RESP_FINISHED | YMO_RESP_CLOSE;
+        ymo_conn_timer(c, 0);
+        ymo_conn_close_after_flush(c);
+        return 0;
+    }
     /* The exchange in progress, if any, counts as answered. */
     ss->resp.status = status;
     ss->resp.flags = YMO_RESP_STARTED | YMO_RESP_HEAD_DONE | YMO_RESP_FINISHED | YMO_RESP_CLOSE;
