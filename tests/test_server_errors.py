@@ -127,6 +127,19 @@ def test_unknown_transfer_coding_is_rejected_and_closed(server):
     assert calls == []
 
 
+def test_connect_is_501_and_closed_not_a_tunnel(server):
+    """RFC 9110 9.3.6: a 2xx to CONNECT would make the connection a tunnel
+    (RFC 9112 6.3), and what follows would be tunnel bytes, not requests."""
+    calls = []
+    live = server(lambda ex: (calls.append(ex.path), ok(ex)))
+    data = raw_request(live.address, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+                                     + get_request("/tunnel-bytes"))
+    (resp,) = parse_responses(data)
+    assert resp.status == 501 and resp.has_token("connection", "close"), data
+    assert calls == []
+    assert_still_serving(live)
+
+
 def test_content_length_with_chunked_is_never_kept_alive(server):
     """Smuggling guard (RFC 9112 6.3 item 3): reject, or use chunked and close."""
     bodies = []

@@ -220,6 +220,12 @@ static void process(ymo_conn_t *c)
                 parse_failed(c, r);
                 return;
             }
+            if (ss->parser.flags & YMO_HTTP_F_CONNECT) {
+                /* RFC 9110 9.3.6: a 2xx would make the connection a tunnel
+                 * (RFC 9112 6.3), which no handler here can serve. */
+                ymo_http_respond_error(c, 501, "CONNECT is not supported");
+                return;
+            }
             ss->scan = ss->body_end = ss->body_rpos = ss->parser.head_len;
             if (!expects_body(&ss->parser)) {
                 ss->flags |= SF_BODY_DONE;
