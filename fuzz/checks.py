@@ -1130,15 +1130,22 @@ def ref_path_info(path, script_name):
     return p
 
 
+def ref_target_authority(req):
+    """The authority of an absolute-form target, or None."""
+    method, target = req[0], req[1]
+    if method != "CONNECT" and target != "*" and not target.startswith("/"):
+        return re.split(r"[/?]", target.split("://", 1)[1], maxsplit=1)[0]
+    return None
+
+
 def ref_server_address(req, url_scheme, server):
     """(SERVER_NAME, SERVER_PORT): the absolute-form target's authority (RFC
     9112 3.2.2: it wins over Host), else Host, else the server's address; a
-    missing port is the scheme's default (RFC 3875 4.1.14-15)."""
-    method, target, headers = req[0], req[1], req[5]
-    auth = None
-    if method != "CONNECT" and target != "*" and not target.startswith("/"):
-        auth = re.split(r"[/?]", target.split("://", 1)[1], maxsplit=1)[0]
-    else:
+    missing or empty port is the scheme's default (RFC 3875 4.1.14-15, RFC
+    3986 3.2.3)."""
+    headers = req[5]
+    auth = ref_target_authority(req)
+    if auth is None:
         hosts = [v for n, v in headers if n == b"host"]
         if hosts:
             auth = hosts[0].decode("latin-1")
@@ -1151,7 +1158,7 @@ def ref_server_address(req, url_scheme, server):
     else:
         name, colon, port = auth.partition(":")
         port = port if colon else None
-    return name, port if port is not None else ("443" if url_scheme == "https" else "80")
+    return name, port if port else ("443" if url_scheme == "https" else "80")
 
 
 def ref_environ_headers(headers):
@@ -1215,7 +1222,10 @@ def check_environ(raw):
         expect(k in ("CONTENT_TYPE", "CONTENT_LENGTH") or _HTTP_KEY_RE.fullmatch(k),
                "header key is not HTTP_[A-Z0-9_...] (no '-', no lower case)", k)
         expect(k not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"), "CONTENT_* duplicated", k)
-    expect(hdr == ref_environ_headers(req[5]), "header entries", hdr, req[5])
+    want_hdr = ref_environ_headers(req[5])
+    if ref_target_authority(req):
+        want_hdr["HTTP_HOST"] = ref_target_authority(req)   # RFC 9112 3.2.2: not Host
+    expect(hdr == want_hdr, "header entries", hdr, want_hdr, req[1])
 
     expect(env["REQUEST_METHOD"] == req[0], "REQUEST_METHOD", env["REQUEST_METHOD"], req[0])
     expect(env["PATH_INFO"] == ref_path_info(req[2], script_name),

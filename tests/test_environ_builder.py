@@ -82,6 +82,18 @@ def test_absolute_target_names_the_server(target, name, port):
     env = build_wsgi_environ(data)
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == (name, port)
     assert env["RAW_URI"] == target
+    # RFC 9112 3.2.2: Host is ignored, also in HTTP_HOST, which frameworks
+    # read first: a proxy routing on the target and the app agree.
+    assert env["HTTP_HOST"] == ("other" if target.startswith("/") else target[7:].split("?")[0].split("/")[0])
+
+
+@pytest.mark.parametrize("host, port", [("h:", "80"), ("[::1]:", "80"), ("h:8", "8"), ("h", "80")])
+def test_an_empty_port_is_the_default(host, port):
+    # RFC 3986 3.2.3: "a:" is "a" with the scheme's default port.
+    env = build_wsgi_environ(b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host.encode())
+    assert env["SERVER_PORT"] == port
+    env = build_wsgi_environ(b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host.encode(), url_scheme="https")
+    assert env["SERVER_PORT"] == ("443" if port == "80" else port)
 
 
 def test_defaults():

@@ -97,9 +97,10 @@ and ``url_scheme`` would give the application, built by the same C code:
   repeated fields joined with ``,`` (``Cookie`` with ``"; "``, RFC 6265
   5.4). A name containing ``_`` is dropped: mapped, it could pose as another
   header.
-- ``SERVER_NAME`` / ``SERVER_PORT`` from an absolute-form target's authority,
-  else Host, else ``server`` (the server uses its local address there);
-  the port defaults to 80, or 443 when ``url_scheme`` is "https".
+- ``SERVER_NAME`` / ``SERVER_PORT`` from an absolute-form target's authority
+  (which is then ``HTTP_HOST`` too: RFC 9112 3.2.2 has Host ignored), else
+  Host, else ``server`` (the server uses its local address there); a missing
+  or empty port is 80, or 443 when ``url_scheme`` is "https".
 - ``REMOTE_ADDR`` / ``REMOTE_PORT`` from ``remote`` (a ``(str, int)`` pair).
 - With ``proxied`` (the peer is one of ``forwarded_allow_ips``),
   ``X-Forwarded-Proto: https``, ``X-Forwarded-Protocol: ssl`` or

@@ -1031,6 +1031,11 @@ static PyObject *environ_build(ymo_py_state *st, PyObject *template, const ymo_h
         if (sep != NULL && start < end && sep[1] == '/' && sep[2] == '/') {
             hv = t + start;
             hl = end - start;
+            /* ... and HTTP_HOST, which applications read first: Host and
+             * the target must not name two hosts to two readers. */
+            if (set_item(env, st->wsgi_header_keys[0],     /* "HTTP_HOST" */
+                         PyUnicode_DecodeLatin1(hv, (Py_ssize_t)hl, NULL)) < 0)
+                goto error;
         }
     }
     if (hv != NULL && hl > 0) {
@@ -1046,7 +1051,7 @@ static PyObject *environ_build(ymo_py_state *st, PyObject *template, const ymo_h
         }
         if (set_item(env, K[WK_SERVER_NAME], PyUnicode_DecodeLatin1(hv, (Py_ssize_t)colon, NULL)) < 0)
             goto error;
-        if (colon < hl) {
+        if (colon + 1 < hl) {
             if (set_item(env, K[WK_SERVER_PORT],
                          PyUnicode_DecodeLatin1(hv + colon + 1, (Py_ssize_t)(hl - colon - 1), NULL)) < 0)
                 goto error;
