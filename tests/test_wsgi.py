@@ -1329,11 +1329,12 @@ def test_client_reset_mid_upload_raises_in_the_app_and_is_not_an_error(wsgi_serv
 
 
 @pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])
-def test_no_body_statuses_send_no_body_and_keep_the_connection(wsgi_server, status):
+@pytest.mark.parametrize("length", [False, True], ids=["", "with Content-Length"])
+def test_no_body_statuses_send_no_body_and_keep_the_connection(wsgi_server, status, length):
     def app(environ, start_response):
         if environ["PATH_INFO"] == "/next":
             return text(start_response, b"next")
-        start_response(status, [])
+        start_response(status, [("Content-Length", "16")] if length else [])
         return [b"must not be sent"]
 
     live = wsgi_server(app, validate=False)  # the validator rejects a body here itself
@@ -1342,6 +1343,9 @@ def test_no_body_statuses_send_no_body_and_keep_the_connection(wsgi_server, stat
         first = c.read_head()
         assert first.status == int(status[:3])
         assert not first.has_token("transfer-encoding", "chunked")
+        # RFC 9110 8.6: never in a 204; a 304 may give the representation's.
+        if status.startswith("204"):
+            assert first.header("content-length") is None
         second = c.read_response()
         assert (second.status, second.body) == (200, b"next")
 

@@ -870,6 +870,8 @@ int ymo_http_response_header(ymo_conn_t *c, const char *name, size_t nlen,
         uint64_t v;
         if ((r->flags & YMO_RESP_APP_LENGTH) || response_length(value, vlen, &v) < 0)
             return YMO_E_BAD_CONTENT_LENGTH;
+        if (r->status < 200 || r->status == 204)
+            return 0;   /* RFC 9110 8.6: never in a 1xx or 204 response */
         r->flags |= YMO_RESP_APP_LENGTH | YMO_RESP_HAS_LENGTH;
         r->content_length = v;
     } else if (name_is(name, nlen, "date")) {
