@@ -396,11 +396,8 @@ static int check_authority_form(const uint8_t *s, uint32_t n)
             break;
         }
     }
-    if (colon == n || colon == 0 || colon + 1 == n)
+    if (colon == n || colon == 0 || colon + 1 == n || !valid_host(s, n))
         return YMO_E_BAD_TARGET;
-    for (uint32_t k = colon + 1; k < n; k++)
-        if ((unsigned)(s[k] - '0') > 9u)
-            return YMO_E_BAD_TARGET;
     return YMO_OK;
 }
 
@@ -622,8 +619,9 @@ int ymo_http_parse_head(ymo_http_parser_t *p, char *buf, size_t len)
             SCAN_END();
             c = b[i];
             if (c == '/' || c == '?' || c == ' ') {
-                /* RFC 9110 4.2.1: an http URI with an empty host is invalid. */
-                if (i == p->mark) {
+                /* RFC 9110 4.2.1: an http URI with an empty host is invalid;
+                 * the rest is held to what Host is (RFC 3986 3.2.2). */
+                if (i == p->mark || !valid_host(b + p->mark, (uint32_t)(i - p->mark))) {
                     err = YMO_E_BAD_TARGET;
                     goto fail;
                 }
