@@ -484,7 +484,7 @@ def test_log_level_warning_hides_info_lines(server, tmp_path):
                 s.settimeout(5)
                 s.connect(path)
                 s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-                return s.recv(100).startswith(b"HTTP/1.0 200")
+                return s.recv(100).startswith(b"HTTP/1.1 200")
         except OSError:
             return False
     wait_until(answers, what="the server to answer")

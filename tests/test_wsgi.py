@@ -831,7 +831,7 @@ def test_generator_is_close_delimited_on_http10(wsgi_server):
     live = wsgi_server(gen_app)
     data = raw_request(live.address, b"GET / HTTP/1.0\r\n\r\n")
     head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")   # RFC 9110 6.2: our version
     assert b"Transfer-Encoding" not in head and b"Content-Length" not in head
     assert body == b"abc"
 
@@ -1429,7 +1429,8 @@ def test_http10_keep_alive_when_asked(wsgi_server):
     with RawConn(live.address) as c:
         c.send(b"GET /one HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /two HTTP/1.0\r\n\r\n")
         r1 = c.read_response()
-        assert (r1.version, r1.body) == ("HTTP/1.0", b"/one") and r1.has_token("connection", "keep-alive")
+        # RFC 9110 6.2: our version in the status line; keep-alive as 1.0 asks it.
+        assert (r1.version, r1.body) == ("HTTP/1.1", b"/one") and r1.has_token("connection", "keep-alive")
         r2 = c.read_response()
         assert r2.body == b"/two"
         c.assert_closed()

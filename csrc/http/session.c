@@ -822,8 +822,10 @@ int ymo_http_response_begin_reason(ymo_conn_t *c, int status, const char *reason
     char *p = ymo_outq_reserve(&c->out, 13 + len + 2);
     if (p == NULL)
         return YMO_E_NOMEM;
-    memcpy(p, "HTTP/1.", 7);
-    p[7] = ss->parser.version_minor >= 1 ? '1' : '0';
+    /* RFC 9110 6.2: the highest version we conform to within the
+     * request's major version; what a 1.0 client may receive is decided
+     * by its version all the same (no chunked coding, keep-alive asked). */
+    memcpy(p, "HTTP/1.1", 8);
     p[8] = ' ';
     p[9] = (char)('0' + status / 100);
     p[10] = (char)('0' + status / 10 % 10);
