@@ -22,6 +22,7 @@ static const err_info errors[ERR_COUNT] = {
     E(YMO_E_BAD_VERSION, "invalid HTTP version"),
     E(YMO_E_VERSION_UNSUPPORTED, "HTTP version not supported"),
     E(YMO_E_REQUEST_LINE_TOO_LONG, "request line too long"),
+    E(YMO_E_METHOD_TOO_LONG, "method too long"),
     E(YMO_E_BAD_HEADER_NAME, "invalid header field name"),
     E(YMO_E_BAD_HEADER_VALUE, "invalid header field value"),
     E(YMO_E_SPACE_BEFORE_COLON, "whitespace between header field name and colon"),

@@ -490,8 +490,12 @@ int ymo_http_parse_head(ymo_http_parser_t *p, char *buf, size_t len)
             SCAN_END();
             c = b[i];
             if (c != ' ') {
-                if (IS(c, C_TCHAR))
-                    goto line_limit;
+                if (IS(c, C_TCHAR)) {
+                    /* RFC 9112 3: a method longer than any implemented is
+                     * 501, not a target too long. */
+                    err = i >= head_max ? YMO_E_HEADERS_TOO_LARGE : YMO_E_METHOD_TOO_LONG;
+                    goto fail;
+                }
                 err = YMO_E_BAD_METHOD;
                 goto fail;
             }

@@ -27,6 +27,7 @@ enum ymo_err {
     YMO_E_BAD_VERSION,
     YMO_E_VERSION_UNSUPPORTED,  /* 505 */
     YMO_E_REQUEST_LINE_TOO_LONG,/* 414 */
+    YMO_E_METHOD_TOO_LONG,      /* 501: longer than the request line may be */
 
     /* Header section. */
     YMO_E_BAD_HEADER_NAME,
