@@ -16,7 +16,7 @@ import pytest
 
 import yimmo
 from apps.harness import (BOOT_RE, EXIT_RE, READY_RE, in_background, pid_gone, run_cli,  # noqa: F401
-                           server, wait_until)
+                           server, unix_request, wait_until)
 
 HAVE_WSGISERVER = hasattr(yimmo, "WSGIServer")
 
@@ -259,13 +259,7 @@ def test_unix_socket_is_served_and_removed(server, tmp_path):
     path = str(tmp_path / "y.sock")
     y = server("hello:application", bind="unix:" + path)
     assert y.url == "unix:" + path
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(5)
-        s.connect(path)
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
+    data = unix_request(path, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 200") and b"hello from" in data
     y.signal(signal.SIGTERM)
     assert y.wait_exit() == 0

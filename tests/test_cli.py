@@ -13,7 +13,8 @@ import pytest
 
 import yimmo
 from yimmo import config
-from apps.harness import APPS, ERR, assert_one_line_error, run_cli, server, wait_until  # noqa: F401
+from apps.harness import (APPS, ERR, assert_one_line_error, run_cli, server,  # noqa: F401
+                          unix_request, wait_until)
 
 
 
@@ -509,13 +510,8 @@ def test_forwarded_allow_ips_none_trusted(server):
 def test_a_unix_socket_peer_is_a_trusted_proxy(server, tmp_path):
     path = str(tmp_path / "y.sock")
     server("--forwarded-allow-ips", "10.0.0.0/8", "hello:describe", bind="unix:" + path)
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(5)
-        s.connect(path)
-        s.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
+    data = unix_request(path, b"GET /x HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\n"
+                              b"Connection: close\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\n|/x|https")
 
 

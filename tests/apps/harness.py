@@ -74,6 +74,18 @@ def run_cli(*args, env=None, cwd=APPS, timeout=TIMEOUT, **kw):
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def unix_request(path, data, timeout=TIMEOUT):
+    """Send data over the Unix socket at path; everything until the server closes."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(4096):
+            out += chunk
+        return out
+
+
 def wait_until(pred, timeout=TIMEOUT, interval=0.02, what="condition"):
     deadline = time.monotonic() + timeout
     while True:
