@@ -43,3 +43,31 @@ def test_native_example(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_chat_example(tmp_path):
+    """Two members: joins, a message to the room, a leave. (The room calls
+    send() from on_open; that once ran before the connection spoke
+    WebSocket and broke the server.)"""
+    from websockets.sync.client import connect
+
+    proc = subprocess.Popen([sys.executable, "examples/ws_chat.py", "--port", "0"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"http://([\d.]+):(\d+)", line)
+        assert m, line
+        url = "ws://%s:%s/chat" % m.groups()
+        recv = lambda c: json.loads(c.recv(timeout=10))  # noqa: E731
+        with connect(url + "?name=ann") as ann:
+            assert recv(ann) == {"from": None, "text": "ann joined (1 here)"}
+            with connect(url + "?name=bob") as bob:
+                assert recv(bob) == {"from": None, "text": "bob joined (2 here)"}
+                assert recv(ann) == {"from": None, "text": "bob joined (2 here)"}
+                bob.send("hi all")
+                assert recv(ann) == recv(bob) == {"from": "bob", "text": "hi all"}
+            assert recv(ann) == {"from": None, "text": "bob left"}
+        assert proc.poll() is None, "the server died"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -203,6 +203,41 @@ def expect_close(conn, code):
 # Echo, messages, fragments
 
 
+class Greeter(Recorder):
+    """Sends, pings and maybe closes from on_open: the connection speaks
+    WebSocket by then (once, it still ran HTTP there and the process died)."""
+
+    def __init__(self, close=False):
+        super().__init__()
+        self.close = close
+
+    def on_open(self, ws):
+        super().on_open(ws)
+        ws.send("welcome")
+        ws.ping(b"p")
+        if self.close:
+            ws.close(4002, "go away")
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["send", "send and close"])
+def test_send_and_close_from_on_open(ws_server, close):
+    rec = Greeter(close)
+    live, url = ws_server(rec)
+    # A frame right behind the handshake still comes after on_open.
+    conn, _ = open_raw(live, path="/ws", first=frame(TEXT, b"early"))
+    assert read_frame(conn) == (1, 0, TEXT, b"welcome")
+    assert read_frame(conn)[2] == PING
+    if close:
+        assert read_frame(conn) == (1, 0, CLOSE, struct.pack("!H", 4002) + b"go away")
+        conn.send(frame(CLOSE, struct.pack("!H", 4002)))    # the handshake's second half
+        conn.assert_closed()
+    else:
+        assert read_frame(conn) == (1, 0, TEXT, b"early")
+        conn.close()
+    rec.wait_closes(1)
+    assert [e[0] for e in rec.events][:2] == ["connect", "open"]
+
+
 def test_echo_text_and_binary(ws_server):
     rec = Recorder()
     live, url = ws_server(rec)

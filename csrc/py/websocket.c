@@ -419,6 +419,13 @@ static void hook_ws_message(ymo_server_t *s, ymo_conn_t *c, int opcode, uint8_t 
     Py_DECREF(msg);
 }
 
+static void hook_ws_open(ymo_server_t *s, ymo_conn_t *c)
+{
+    YmoServerObject *srv = (YmoServerObject *)s->data;
+    PyObject *arg = (PyObject *)ymo_ws_user(c);
+    call_optional(srv, (YmoWebSocketObject *)arg, "on_open", &arg, 1, NULL);
+}
+
 static void hook_ws_close(ymo_server_t *s, ymo_conn_t *c, int code, const char *reason, size_t len)
 {
     YmoServerObject *srv = (YmoServerObject *)s->data;
@@ -553,7 +560,8 @@ int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, P
         return 1;
     }
     ws->conn = c;
-    call_optional(srv, ws, "on_open", &arg, 1, NULL);
+    /* on_open comes once the connection speaks WebSocket (hook_ws_open):
+     * until this exchange ends, it still runs HTTP. */
     return 1;
 reject500:
     ymo__py_simple_response(c, 500, "Internal Server Error\n");
@@ -713,6 +721,7 @@ int ymo__py_ws_init(PyObject *module, ymo_py_state *st)
 
 void ymo__py_ws_hooks(ymo_server_hooks_t *hooks)
 {
+    hooks->ws_open = hook_ws_open;
     hooks->ws_message = hook_ws_message;
     hooks->ws_close = hook_ws_close;
 }

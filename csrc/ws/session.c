@@ -22,7 +22,8 @@ enum {
     WF_MSG_READY = 1u << 4,     /* a message waits for the embedder */
     WF_SENDING = 1u << 5,       /* a fragmented message is being sent */
     WF_FAILED = 1u << 6,        /* we closed because the peer misbehaved */
-    WF_PING_OUT = 1u << 7       /* our keep-alive ping waits for an answer */
+    WF_PING_OUT = 1u << 7,      /* our keep-alive ping waits for an answer */
+    WF_OPEN_PENDING = 1u << 8   /* ws_open is due, once HTTP has handed over */
 };
 
 struct ymo_ws_s {
@@ -164,6 +165,7 @@ static int start(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subprot
         return YMO_E_NOMEM;
     ws->cfg = *cfg;
     ws->user = user;
+    ws->flags = WF_OPEN_PENDING;
     ymo_ws_parser_init(&ws->parser, cfg->max_message, 1);
     if (deflate) {
         ws->deflate = ymo_ws_deflate_new(&params);
@@ -323,16 +325,27 @@ static void fail(ymo_conn_t *c, ws_t *ws, int code, const char *reason)
     ymo_conn_close_after_flush(c);
 }
 
+/* Until the exchange that upgraded ends, c still runs HTTP: its
+ * proto_data is not ours yet. */
+#define SPEAKS_WS(c) ((c)->proto == &ymo__ws_proto)
+
 int ymo_ws_send(ymo_conn_t *c, int opcode, const void *data, size_t len, int fin, void *ref)
 {
+    if (!SPEAKS_WS(c)) {
+        if (ref != NULL)
+            c->server->hooks.release(c->server, ref);
+        return YMO_E_STATE;
+    }
     return send_msg(c, WS(c), opcode, data, len, fin, ref);
 }
 
 int ymo_ws_close(ymo_conn_t *c, int code, const char *reason, size_t len)
 {
-    ws_t *ws = WS(c);
     if (c->flags & YMO_CONN_CLOSED)
         return YMO_E_CLOSED;
+    if (!SPEAKS_WS(c))
+        return YMO_E_STATE;
+    ws_t *ws = WS(c);
     queue_close(c, ws, code, reason, len);
     if (ws->flags & WF_CLOSE_RECEIVED) {
         ymo_conn_close_after_flush(c);
@@ -510,13 +523,21 @@ static void ws_process(ymo_conn_t *c, ws_t *ws)
 
 static void on_data(ymo_conn_t *c)
 {
-    ws_process(c, WS(c));
+    ws_t *ws = WS(c);
+    if (ws->flags & WF_OPEN_PENDING)
+        ymo_conn_make_ready(c);     /* ws_open, from the ready list */
+    ws_process(c, ws);
 }
 
 static void on_ready(ymo_conn_t *c)
 {
     ws_t *ws = WS(c);
     ymo_server_t *s = c->server;
+    if (ws->flags & WF_OPEN_PENDING) {
+        ws->flags &= ~WF_OPEN_PENDING;
+        if (!(c->flags & YMO_CONN_CLOSED) && !(ws->flags & WF_NOTIFIED) && s->hooks.ws_open != NULL)
+            s->hooks.ws_open(s, c);
+    }
     if (ws->flags & WF_MSG_READY) {
         uint8_t *data = (uint8_t *)ws->msg.data;
         size_t len = ws->msg.len;
@@ -627,6 +648,7 @@ int ymo_ws_sync_accept(ymo_conn_t *c, const ymo_ws_request_t *req, const char *s
     int r = start(c, req, subprotocol, sp_len, cfg, NULL, out);
     if (r < 0)
         return r;
+    (*out)->flags &= ~WF_OPEN_PENDING;     /* the application is told by accept() returning */
     /* Frames that came right behind the handshake are the session's. */
     ymo_http_release_input(c);
     /* The HTTP exchange is over once the application returns: close then. */

@@ -221,8 +221,11 @@ typedef struct {
     /* A suspended exchange can go on: its output drained, or its
      * connection closed (then only clean up). Called like on_request. */
     void (*resume)(ymo_server_t *s, ymo_conn_t *c);
-    /* WebSocket: a whole message arrived (data is malloc'd; the hook owns
-     * it), or the connection closed with code and reason (exactly once). */
+    /* WebSocket: the connection now speaks it (once, before any message;
+     * not at all when it closed first), a whole message arrived (data is
+     * malloc'd; the hook owns it), or the connection closed with code and
+     * reason (exactly once). */
+    void (*ws_open)(ymo_server_t *s, ymo_conn_t *c);
     void (*ws_message)(ymo_server_t *s, ymo_conn_t *c, int opcode, uint8_t *data, size_t len);
     void (*ws_close)(ymo_server_t *s, ymo_conn_t *c, int code, const char *reason, size_t len);
 } ymo_server_hooks_t;
