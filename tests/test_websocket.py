@@ -569,16 +569,21 @@ def test_server_close_handshake_on_the_wire(ws_server):
         conn.assert_closed()
 
 
-@pytest.mark.parametrize("args", [(999,), (1004,), (1005,), (1006,), (1015,), (2999,), (5000,),
-                                  (1000, "r" * 124)])
-def test_close_arguments(ws_server, args):
+@pytest.mark.parametrize("args, error", [
+    ((999,), ValueError), ((1004,), ValueError), ((1005,), ValueError), ((1006,), ValueError),
+    ((1015,), ValueError), ((2999,), ValueError), ((5000,), ValueError), ((-1,), ValueError),
+    ((2 ** 40,), ValueError), ((1000, "r" * 124), ValueError), ((1000, "é" * 62), ValueError),
+    # RFC 6455 5.5.1: the reason is UTF-8 text; bytes could be anything.
+    ((1000, b"\xff\xfe"), TypeError), (("1000",), TypeError),
+])
+def test_close_arguments(ws_server, args, error):
     errors = []
 
     class H:
         def on_message(self, ws, msg):
             try:
                 ws.close(*args)
-            except ValueError as e:
+            except Exception as e:
                 errors.append(e)
             ws.send("still open")
 
@@ -586,7 +591,7 @@ def test_close_arguments(ws_server, args):
     with connect(url) as c:
         c.send("x")
         assert c.recv(timeout=IO_TIMEOUT) == "still open"
-    assert len(errors) == 1
+    assert len(errors) == 1 and type(errors[0]) is error, errors
 
 
 @pytest.mark.parametrize("payload,code", [

@@ -236,7 +236,10 @@ int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, P
 /* environ["yimmo.websocket"] for an upgrade request; detach when the
  * request ends. */
 PyObject *ymo__py_wsgi_ws_new(YmoServerObject *srv, ymo_conn_t *c);
-void ymo__py_wsgi_ws_detach(PyObject *obj);
+/* The request that carried environ["yimmo.websocket"] is over: a WebSocket
+ * the application accepted and left open is closed with 1000, or 1011 when
+ * the application failed. On the worker thread, GIL held. */
+void ymo__py_wsgi_ws_detach(PyObject *obj, int failed);
 
 /* Go on with a WSGI response suspended at the high-water mark. GIL held. */
 void ymo__py_wsgi_resume(YmoServerObject *self, ymo_conn_t *c);

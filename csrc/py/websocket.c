@@ -194,14 +194,25 @@ static int payload_of(ymo_py_state *st, PyObject *data, PyObject **owner, const 
 static int close_args(PyObject *args, PyObject *kw, int *code, const char **reason, Py_ssize_t *rlen)
 {
     static char *kwlist[] = {"code", "reason", NULL};
+    PyObject *code_o = NULL, *reason_o = NULL;
     *code = YMO_WS_NORMAL;
     *reason = "";
     *rlen = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|is#:close", kwlist, code, reason, rlen))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O!U:close", kwlist, &PyLong_Type, &code_o,
+                                     &reason_o))
+        return -1;
+    if (code_o != NULL) {
+        int overflow;
+        long c = PyLong_AsLongAndOverflow(code_o, &overflow);
+        *code = overflow || c < 0 || c > 65535 ? 0 : (int)c;
+    }
+    /* RFC 6455 5.5.1: the reason is UTF-8 (a str, so never invalid). */
+    if (reason_o != NULL && (*reason = PyUnicode_AsUTF8AndSize(reason_o, rlen)) == NULL)
         return -1;
     int c = *code;
     if (!((c >= 1000 && c <= 1003) || (c >= 1007 && c <= 1014) || (c >= 3000 && c <= 4999))) {
-        PyErr_Format(PyExc_ValueError, "close code %d is not one an endpoint may send", c);
+        PyErr_Format(PyExc_ValueError, "close code %R is not one an endpoint may send",
+                     code_o != NULL ? code_o : Py_None);
         return -1;
     }
     if (*rlen > 123) {
@@ -737,6 +748,7 @@ typedef struct {
     YmoServerObject *server;    /* borrowed: valid while conn is set */
     ymo_ws_t *ws;               /* after accept() */
     int closed;
+    int sending;                /* a message sent with fin=False goes on */
     PyObject *subprotocols;
 } YmoWSGIWebSocketObject;
 
@@ -830,13 +842,22 @@ static PyObject *sync_send(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *
     int opcode;
     if (payload_of(w->server->st, data, &b, &ptr, &plen, &opcode) < 0)
         return NULL;
+    /* The first fragment names the message's type; the rest continue it. */
+    if (w->sending)
+        opcode = YMO_WS_CONT;
     int r;
     YMO_BLOCKING(w->server, r = ymo_ws_sync_send(w->conn, w->ws, opcode, ptr, (size_t)plen, fin));
     Py_DECREF(b);
+    if (r == YMO_E_NOMEM) {
+        PyErr_SetString(PyExc_BufferError,
+                        "the client is not reading: the send queue is over its limit");
+        return NULL;
+    }
     if (r < 0) {
         PyErr_Format(PyExc_ConnectionError, "send failed: %s", ymo_strerror(r));
         return NULL;
     }
+    w->sending = !fin;
     Py_RETURN_NONE;
 }
 
@@ -923,6 +944,7 @@ PyObject *ymo__py_wsgi_ws_new(YmoServerObject *srv, ymo_conn_t *c)
     w->server = srv;
     w->ws = NULL;
     w->closed = 0;
+    w->sending = 0;
     ymo_ws_request_t req;
     w->subprotocols = ymo_ws_check_request(c, &req) == 0 ? offered(&req) : PyList_New(0);
     if (w->subprotocols == NULL) {
@@ -932,9 +954,19 @@ PyObject *ymo__py_wsgi_ws_new(YmoServerObject *srv, ymo_conn_t *c)
     return (PyObject *)w;
 }
 
-void ymo__py_wsgi_ws_detach(PyObject *obj)
+void ymo__py_wsgi_ws_detach(PyObject *obj, int failed)
 {
     YmoWSGIWebSocketObject *w = (YmoWSGIWebSocketObject *)obj;
+    ymo_conn_t *c = w->conn;
+    if (w->ws != NULL && !w->closed && c != NULL && !(c->flags & YMO_CONN_CLOSED)
+        && (c->flags & YMO_CONN_CHECKED_OUT)) {
+        /* RFC 6455 7.1.1, 7.4.1: a close frame, never a bare TCP close. */
+        int code = failed ? YMO_WS_INTERNAL : YMO_WS_NORMAL;
+        const char *reason = failed ? "internal error" : "";
+        int r;
+        YMO_BLOCKING(w->server, r = ymo_ws_sync_close(c, w->ws, code, reason, strlen(reason)));
+        (void)r;
+    }
     w->conn = NULL;
     w->closed = 1;
 }

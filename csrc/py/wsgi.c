@@ -1332,7 +1332,7 @@ static void finish(YmoWSGIRequestObject *rq, int failed)
     if (srv->access_log != NULL)
         log_access(srv, rq->env, rq, c, rq->started);
     if (rq->websocket != NULL)
-        ymo__py_wsgi_ws_detach(rq->websocket);
+        ymo__py_wsgi_ws_detach(rq->websocket, failed);
     rq->conn = NULL;
     Py_CLEAR(rq->env);
     Py_CLEAR(rq->input);

@@ -1,0 +1,86 @@
+"""WebSockets from a WSGI application: environ["yimmo.websocket"], accept(),
+and the blocking receive()/send()/close() on a worker thread, with the
+`websockets` library as the client (docs/websockets.md, "From a WSGI app")."""
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from conftest import IO_TIMEOUT
+from wsgi_conftest import wsgi_server  # noqa: F401  (fixture)
+
+
+def ws_app(handler):
+    """A WSGI app that accepts the WebSocket and runs handler(ws) on it."""
+    def app(environ, start_response):
+        ws = environ.get("yimmo.websocket")
+        if ws is None:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"plain\n"]
+        ws.accept()
+        handler(ws)
+        return []
+    return app
+
+
+def serve(wsgi_server, handler, **kw):  # noqa: F811
+    live = wsgi_server(ws_app(handler), validate=False, threads=2, expect_errors=True, **kw)
+    return "ws://127.0.0.1:%d/" % live.port
+
+
+def test_echo(wsgi_server):  # noqa: F811
+    def echo(ws):
+        while (msg := ws.receive()) is not None:
+            ws.send(msg)
+
+    with connect(serve(wsgi_server, echo)) as c:
+        for m in ["text", b"\x00binary", "κόσμε" * 1000, b""]:
+            c.send(m)
+            assert c.recv(timeout=IO_TIMEOUT) == m
+
+
+def test_fragments_sent_with_fin_false_make_one_message(wsgi_server):  # noqa: F811
+    def fragments(ws):
+        ws.receive()
+        ws.send("a", fin=False)
+        ws.send("b", fin=False)
+        ws.send("c")
+        ws.send(b"next")        # a new message after the last fragment
+        ws.receive()
+
+    with connect(serve(wsgi_server, fragments)) as c:
+        c.send("go")
+        assert c.recv(timeout=IO_TIMEOUT) == "abc"
+        assert c.recv(timeout=IO_TIMEOUT) == b"next"
+
+
+@pytest.mark.parametrize("how, code", [("return", 1000), ("raise", 1011)])
+def test_a_handler_that_ends_closes_with_a_close_frame(wsgi_server, how, code):  # noqa: F811
+    """RFC 6455 7.1.1, 7.4.1: never a bare TCP close (1006 at the client)."""
+    def ends(ws):
+        ws.receive()
+        if how == "raise":
+            raise RuntimeError("the handler failed")
+
+    with connect(serve(wsgi_server, ends)) as c:
+        c.send("x")
+        with pytest.raises(ConnectionClosed):
+            c.recv(timeout=IO_TIMEOUT)
+        assert c.close_code == code
+
+
+def test_send_over_the_limit_is_a_buffer_error(wsgi_server):  # noqa: F811
+    seen = []
+
+    def big(ws):
+        ws.receive()
+        try:
+            ws.send(b"x" * 5000)
+        except Exception as e:
+            seen.append(type(e))
+        ws.send("after")
+        ws.receive()
+
+    with connect(serve(wsgi_server, big, ws_send_limit=1000)) as c:
+        c.send("go")
+        assert c.recv(timeout=IO_TIMEOUT) == "after"
+    assert seen == [BufferError]
