@@ -534,8 +534,10 @@ static void on_ready(ymo_conn_t *c)
     ws_t *ws = WS(c);
     ymo_server_t *s = c->server;
     if (ws->flags & WF_OPEN_PENDING) {
+        /* Also when the peer went away already: ws_close follows, and an
+         * opened connection hears of both. */
         ws->flags &= ~WF_OPEN_PENDING;
-        if (!(c->flags & YMO_CONN_CLOSED) && !(ws->flags & WF_NOTIFIED) && s->hooks.ws_open != NULL)
+        if (!(ws->flags & WF_NOTIFIED) && s->hooks.ws_open != NULL)
             s->hooks.ws_open(s, c);
     }
     if (ws->flags & WF_MSG_READY) {

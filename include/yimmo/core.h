@@ -221,8 +221,8 @@ typedef struct {
     /* A suspended exchange can go on: its output drained, or its
      * connection closed (then only clean up). Called like on_request. */
     void (*resume)(ymo_server_t *s, ymo_conn_t *c);
-    /* WebSocket: the connection now speaks it (once, before any message;
-     * not at all when it closed first), a whole message arrived (data is
+    /* WebSocket: the connection now speaks it (once, before any message
+     * and before ws_close), a whole message arrived (data is
      * malloc'd; the hook owns it), or the connection closed with code and
      * reason (exactly once). */
     void (*ws_open)(ymo_server_t *s, ymo_conn_t *c);
