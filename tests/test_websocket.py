@@ -758,6 +758,7 @@ def test_handshake_400(ws_server, name, request_bytes):
         resp = conn.read_response()
         assert resp.status == 400, name
         assert resp.header("sec-websocket-accept") is None
+        assert resp.has_token("connection", "close") or resp.version == "HTTP/1.0" or name == "HTTP/1.0"
         conn.assert_closed()
     assert rec.count("connect") == 0
 
@@ -772,6 +773,8 @@ def test_handshake_426(ws_server, version):
         resp = conn.read_response()
         assert resp.status == 426
         assert resp.header("sec-websocket-version") == "13"
+        assert resp.header("upgrade") == "websocket"      # RFC 9110 15.5.22
+        assert resp.has_token("connection", "close")      # RFC 9112 9.6
         conn.assert_closed()
     assert rec.count("connect") == 0
 
@@ -1209,4 +1212,5 @@ def test_unanswered_keepalive_ping_closes(ws_server):
         assert op == PING
         expect_close(conn, 1001)
         assert time.monotonic() - t0 < 3
-    assert [code for code, _ in rec.wait_closes()] == [1006]
+    # on_close hears what the peer was told.
+    assert rec.wait_closes() == [(1001, "ping timeout")]

@@ -866,7 +866,8 @@ int ymo_http_response_header(ymo_conn_t *c, const char *name, size_t nlen,
     /* RFC 9110 7.6.1: hop-by-hop fields describe this connection, which is
      * the server's to manage: dropped. */
     if (name_is(name, nlen, "keep-alive") || name_is(name, nlen, "te")
-        || name_is(name, nlen, "upgrade") || name_is(name, nlen, "proxy-connection"))
+        || name_is(name, nlen, "proxy-connection")
+        || (name_is(name, nlen, "upgrade") && r->status != 426))   /* RFC 9110 15.5.22 */
         return 0;
     if (name_is(name, nlen, "content-length")) {
         uint64_t v;

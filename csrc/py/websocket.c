@@ -488,11 +488,14 @@ static void refuse(ymo_conn_t *c, int status)
     ymo_http_response_t *resp = ymo_http_response(c);
     static const char text[] = "WebSocket handshake refused\n";
     memset(resp, 0, sizeof(*resp));
-    /* RFC 6455 4.4: a version we do not speak gets 426 naming ours. */
+    /* RFC 6455 4.4: a version we do not speak gets 426 naming ours (with
+     * Upgrade, RFC 9110 15.5.22). The connection closes after it. */
     int failed = ymo_http_response_begin(c, status) < 0
                  || (status == 426
-                     && ymo_http_response_header(c, "Sec-WebSocket-Version", 21, "13", 2) < 0)
+                     && (ymo_http_response_header(c, "Upgrade", 7, "websocket", 9) < 0
+                         || ymo_http_response_header(c, "Sec-WebSocket-Version", 21, "13", 2) < 0))
                  || ymo_http_response_header(c, "Content-Type", 12, "text/plain", 10) < 0
+                 || ymo_http_response_header(c, "Connection", 10, "close", 5) < 0
                  || ymo_http_response_end_head(c, sizeof(text) - 1) < 0
                  || ymo_http_response_body(c, text, sizeof(text) - 1, NULL) < 0
                  || ymo_http_response_finish(c) < 0;

@@ -576,7 +576,7 @@ static void on_timeout(ymo_conn_t *c)
     if (ws->flags & WF_PING_OUT) {
         /* RFC 6455 5.5.2: the ping went unanswered. */
         queue_close(c, ws, YMO_WS_GOING_AWAY, "ping timeout", 12);
-        notify_close(c, ws, YMO_WS_ABNORMAL, "ping timeout", 12);
+        notify_close(c, ws, YMO_WS_GOING_AWAY, "ping timeout", 12);
         ymo_conn_close_after_flush(c);
         return;
     }
