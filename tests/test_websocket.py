@@ -214,7 +214,7 @@ class Greeter(Recorder):
     def on_open(self, ws):
         super().on_open(ws)
         ws.send("welcome")
-        ws.ping(b"p")
+        ws.ping(payload=b"p")
         if self.close:
             ws.close(4002, "go away")
 

@@ -5,7 +5,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import IO_TIMEOUT
+from conftest import IO_TIMEOUT, RawConn
+from test_websocket import CONT, PING, TEXT, frame, read_frame, upgrade_request
 from wsgi_conftest import wsgi_server  # noqa: F401  (fixture)
 
 
@@ -84,3 +85,23 @@ def test_send_over_the_limit_is_a_buffer_error(wsgi_server):  # noqa: F811
         c.send("go")
         assert c.recv(timeout=IO_TIMEOUT) == "after"
     assert seen == [BufferError]
+
+
+def test_ping_between_fragments(wsgi_server):  # noqa: F811
+    """RFC 6455 5.4: a control frame may come between the fragments of a message."""
+    def pings(ws):
+        ws.receive()
+        ws.send("a", fin=False)
+        ws.ping(payload=b"p1")
+        ws.send("b")
+        with pytest.raises(ValueError):
+            ws.ping(b"x" * 126)
+        ws.receive()
+
+    url = serve(wsgi_server, pings)
+    with RawConn(("127.0.0.1", int(url.rsplit(":", 1)[1].strip("/")))) as c:
+        c.send(upgrade_request("/"))
+        assert c.read_head().status == 101
+        c.send(frame(TEXT, b"go"))
+        assert [read_frame(c) for _ in range(3)] == [
+            (0, 0, TEXT, b"a"), (1, 0, PING, b"p1"), (1, 0, CONT, b"b")]

@@ -258,27 +258,31 @@ static PyObject *ws_send(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
     Py_RETURN_NONE;
 }
 
-static PyObject *ws_ping(YmoWebSocketObject *ws, PyObject *const *args, Py_ssize_t nargs)
+/* ping(payload=b'') arguments: bytes, at most 125 of them (RFC 6455 5.5). */
+static int ping_args(PyObject *args, PyObject *kw, const char **p, Py_ssize_t *n)
 {
-    const char *p = "";
-    Py_ssize_t n = 0;
-    if (nargs > 1) {
-        PyErr_SetString(PyExc_TypeError, "ping() takes at most one argument");
-        return NULL;
+    static char *kwlist[] = {"payload", NULL};
+    PyObject *payload = NULL;
+    *p = "";
+    *n = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O!:ping", kwlist, &PyBytes_Type, &payload))
+        return -1;
+    if (payload != NULL) {
+        *p = PyBytes_AS_STRING(payload);
+        *n = PyBytes_GET_SIZE(payload);
     }
-    if (nargs == 1) {
-        if (!PyBytes_Check(args[0])) {
-            PyErr_SetString(PyExc_TypeError, "ping payload must be bytes");
-            return NULL;
-        }
-        p = PyBytes_AS_STRING(args[0]);
-        n = PyBytes_GET_SIZE(args[0]);
-        if (n > 125) {
-            PyErr_SetString(PyExc_ValueError, "ping payload is at most 125 bytes (RFC 6455 5.5)");
-            return NULL;
-        }
+    if (*n > 125) {
+        PyErr_SetString(PyExc_ValueError, "ping payload is at most 125 bytes (RFC 6455 5.5)");
+        return -1;
     }
-    if (ws_live(ws) < 0)
+    return 0;
+}
+
+static PyObject *ws_ping(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
+{
+    const char *p;
+    Py_ssize_t n;
+    if (ping_args(args, kw, &p, &n) < 0 || ws_live(ws) < 0)
         return NULL;
     /* Control frames may go between the fragments of a message. */
     uint8_t hdr[14];
@@ -352,7 +356,8 @@ static PyMethodDef ws_methods[] = {
      "send(data, *, fin=True): send str (text) or bytes (binary), or a received WSMessage\n"
      "as it came (no copy); fin=False sends a fragment and later calls continue the message.\n"
      "BufferError when the client does not read."},
-    {"ping", (PyCFunction)(void (*)(void))ws_ping, METH_FASTCALL, "ping(payload=b''): send a ping."},
+    {"ping", (PyCFunction)(void (*)(void))ws_ping, METH_VARARGS | METH_KEYWORDS,
+     "ping(payload=b''): send a ping."},
     {"close", (PyCFunction)(void (*)(void))ws_close, METH_VARARGS | METH_KEYWORDS,
      "close(code=1000, reason=''): start the closing handshake."},
     {NULL, NULL, 0, NULL},
@@ -864,6 +869,21 @@ static PyObject *sync_send(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *
     Py_RETURN_NONE;
 }
 
+static PyObject *sync_ping(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *kw)
+{
+    const char *p;
+    Py_ssize_t n;
+    if (ping_args(args, kw, &p, &n) < 0 || sync_live(w, 1) < 0)
+        return NULL;
+    int r;
+    YMO_BLOCKING(w->server, r = ymo_ws_sync_ping(w->conn, w->ws, p, (size_t)n));
+    if (r < 0) {
+        PyErr_Format(PyExc_ConnectionError, "ping failed: %s", ymo_strerror(r));
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *sync_close(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *kw)
 {
     int code;
@@ -912,6 +932,8 @@ static PyMethodDef sync_methods[] = {
      "receive(): the next yimmo.WSMessage, or None once the connection closed."},
     {"send", (PyCFunction)(void (*)(void))sync_send, METH_VARARGS | METH_KEYWORDS,
      "send(data, *, fin=True): send str (text) or bytes (binary)."},
+    {"ping", (PyCFunction)(void (*)(void))sync_ping, METH_VARARGS | METH_KEYWORDS,
+     "ping(payload=b''): send a ping (the pong is taken by receive())."},
     {"close", (PyCFunction)(void (*)(void))sync_close, METH_VARARGS | METH_KEYWORDS,
      "close(code=1000, reason=''): the closing handshake."},
     {NULL, NULL, 0, NULL},

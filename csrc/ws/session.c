@@ -713,6 +713,14 @@ int ymo_ws_sync_send(ymo_conn_t *c, ymo_ws_t *ws, int opcode, const void *data, 
     return r;
 }
 
+int ymo_ws_sync_ping(ymo_conn_t *c, ymo_ws_t *ws, const void *data, size_t len)
+{
+    if (ws->flags & WF_CLOSE_SENT)
+        return YMO_E_CLOSED;
+    int r = send_frame(c, 1, 0, YMO_WS_PING, data, len, NULL);
+    return r < 0 ? r : ymo_conn_flush_sync(c, ws->cfg.idle_timeout);
+}
+
 int ymo_ws_sync_close(ymo_conn_t *c, ymo_ws_t *ws, int code, const char *reason, size_t len)
 {
     queue_close(c, ws, code, reason, len);

@@ -207,6 +207,8 @@ int ymo_ws_sync_accept(ymo_conn_t *c, const ymo_ws_request_t *req, const char *s
  * answered and close frames echoed on the way. */
 int ymo_ws_sync_recv(ymo_conn_t *c, ymo_ws_t *ws, int *opcode, uint8_t **data, size_t *len);
 int ymo_ws_sync_send(ymo_conn_t *c, ymo_ws_t *ws, int opcode, const void *data, size_t len, int fin);
+/* A ping with len (<= 125) bytes of payload, also between fragments. */
+int ymo_ws_sync_ping(ymo_conn_t *c, ymo_ws_t *ws, const void *data, size_t len);
 int ymo_ws_sync_close(ymo_conn_t *c, ymo_ws_t *ws, int code, const char *reason, size_t len);
 int ymo_ws_sync_code(ymo_ws_t *ws, const char **reason, size_t *len);
 void ymo_ws_sync_free(ymo_ws_t *ws);
