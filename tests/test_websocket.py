@@ -701,6 +701,19 @@ def test_subprotocol_header_variants(ws_server):
     assert [e[3] for e in rec.events if e[0] == "connect"] == [["a", "b", "c"]]
 
 
+@pytest.mark.parametrize("decision, offer", [("chat", None), ("chat", ["a", "b"]), ("a, b", ["a", "b"]),
+                                             (b"a", ["a"]), (1.5, ["a"]), (["a"], ["a"])])
+def test_a_subprotocol_not_offered_or_not_a_str_is_a_500(ws_server, decision, offer):
+    """RFC 6455 4.2.2: the server picks one of the client's subprotocols, or
+    none; anything else is the application's mistake, logged."""
+    rec = Recorder(refuse=decision)
+    live, url = ws_server(rec)
+    with pytest.raises(InvalidStatus) as ei:
+        connect(url, subprotocols=offer, open_timeout=IO_TIMEOUT)
+    assert ei.value.response.status_code == 500
+    assert rec.count("open") == 0
+
+
 @pytest.mark.parametrize("decision,status", [(False, 403), (401, 401), (404, 404), (503, 503)])
 def test_on_connect_refuses(ws_server, decision, status):
     rec = Recorder(refuse=decision)

@@ -2,7 +2,7 @@
 and the blocking receive()/send()/close() on a worker thread, with the
 `websockets` library as the client (docs/websockets.md, "From a WSGI app")."""
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import IO_TIMEOUT, RawConn
@@ -105,3 +105,34 @@ def test_ping_between_fragments(wsgi_server):  # noqa: F811
         c.send(frame(TEXT, b"go"))
         assert [read_frame(c) for _ in range(3)] == [
             (0, 0, TEXT, b"a"), (1, 0, PING, b"p1"), (1, 0, CONT, b"b")]
+
+
+@pytest.mark.parametrize("offer, chosen, ok", [(["a", "b"], "b", True), (["a"], "chat", False),
+                                              (None, "chat", False)])
+def test_accept_takes_only_an_offered_subprotocol(wsgi_server, offer, chosen, ok):  # noqa: F811
+    """RFC 6455 4.2.2: the server picks one of the client's, or none."""
+    seen = []
+
+    def app(environ, start_response):
+        ws = environ["yimmo.websocket"]
+        try:
+            ws.accept(subprotocol=chosen)
+        except ValueError as e:
+            seen.append(e)
+            start_response("400 Bad Request", [("Content-Type", "text/plain")])
+            return [b"no such subprotocol\n"]
+        seen.append(None)
+        ws.receive()
+        return []
+
+    live = wsgi_server(app, validate=False, threads=2)
+    url = "ws://127.0.0.1:%d/" % live.port
+    if ok:
+        with connect(url, subprotocols=offer) as c:
+            assert c.subprotocol == chosen
+        assert seen == [None]
+    else:
+        with pytest.raises(InvalidStatus) as ei:
+            connect(url, subprotocols=offer, open_timeout=IO_TIMEOUT)
+        assert ei.value.response.status_code == 400
+        assert "was not offered" in str(seen[0])

@@ -488,6 +488,22 @@ static PyObject *offered(const ymo_ws_request_t *req)
     return list;
 }
 
+/* RFC 6455 4.2.2: the subprotocol the server picks is one the client
+ * offered. 0, or -1 with TypeError or ValueError set. */
+static int check_subprotocol(PyObject *chosen, PyObject *offered_list)
+{
+    if (!PyUnicode_Check(chosen)) {
+        PyErr_Format(PyExc_TypeError, "a subprotocol is a str, not %.100s",
+                     Py_TYPE(chosen)->tp_name);
+        return -1;
+    }
+    int in = PySequence_Contains(offered_list, chosen);
+    if (in == 0)
+        PyErr_Format(PyExc_ValueError, "subprotocol %R was not offered by the client (it offered %R)",
+                     chosen, offered_list);
+    return in == 1 ? 0 : -1;
+}
+
 static void refuse(ymo_conn_t *c, int status)
 {
     ymo_http_response_t *resp = ymo_http_response(c);
@@ -550,13 +566,18 @@ int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, P
         goto reject500;
     int status = 0;
     if (decision != NULL && decision != Py_None) {
-        if (PyUnicode_Check(decision)) {
-            ws->subprotocol = Py_NewRef(decision);
-        } else if (PyBool_Check(decision)) {
+        if (PyBool_Check(decision)) {
             status = decision == Py_False ? 403 : 0;
         } else if (PyLong_Check(decision)) {
             long st = PyLong_AsLong(decision);
             status = st >= 400 && st <= 599 ? (int)st : 403;
+        } else if (check_subprotocol(decision, ws->subprotocols) == 0) {
+            ws->subprotocol = Py_NewRef(decision);
+        } else {
+            /* The application's mistake: logged, and the client gets 500. */
+            ymo__py_app_failed(srv, NULL, "on_connect");
+            Py_DECREF(decision);
+            goto reject500;
         }
     }
     Py_XDECREF(decision);
@@ -785,6 +806,13 @@ static PyObject *sync_accept(YmoWSGIWebSocketObject *w, PyObject *args, PyObject
     if (w->ws != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "accept() was called already");
         return NULL;
+    }
+    if (sp != NULL) {
+        PyObject *chosen = PyUnicode_DecodeUTF8(sp, splen, NULL);
+        int bad = chosen == NULL || check_subprotocol(chosen, w->subprotocols) < 0;
+        Py_XDECREF(chosen);
+        if (bad)
+            return NULL;
     }
     if (!(w->conn->flags & YMO_CONN_CHECKED_OUT)) {
         PyErr_SetString(PyExc_RuntimeError,
