@@ -1010,14 +1010,23 @@ def test_idle_timeout_reset_by_traffic(ws_server):
 
 
 def test_stop_with_open_websockets(server):
+    """RFC 6455 7.4.1: a server going down says 1001 and waits for the
+    peers' close frames (up to 5 s), rather than dropping the connections."""
     rec = Recorder()
     live = server(page, websocket={"/ws": rec})
     conns = [open_raw(live)[0] for _ in range(5)]
     for c in conns:
         c.send(frame(TEXT, b"x"))
         assert read_frame(c) == (1, 0, TEXT, b"x")
-    live.stop_and_wait()
-    assert len(rec.wait_closes(5)) == 5
+    t0 = time.monotonic()
+    live.srv.stop(30)
+    for c in conns:
+        assert read_frame(c) == (1, 0, CLOSE, struct.pack("!H", 1001) + b"server shutting down")
+        c.send(close_frame(1001))
+        c.assert_closed()
+    live.wait_returned()
+    assert time.monotonic() - t0 < 3
+    assert rec.wait_closes(5) == [(1001, "")] * 5
     for c in conns:
         c.close()
 

@@ -1,11 +1,13 @@
 """WebSockets from a WSGI application: environ["yimmo.websocket"], accept(),
 and the blocking receive()/send()/close() on a worker thread, with the
 `websockets` library as the client (docs/websockets.md, "From a WSGI app")."""
+import time
+
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import IO_TIMEOUT, RawConn
+from conftest import IO_TIMEOUT, RawConn, wait_for
 from test_websocket import CONT, PING, TEXT, frame, read_frame, upgrade_request
 from wsgi_conftest import wsgi_server  # noqa: F401  (fixture)
 
@@ -23,9 +25,13 @@ def ws_app(handler):
     return app
 
 
-def serve(wsgi_server, handler, **kw):  # noqa: F811
+def serve_live(wsgi_server, handler, **kw):  # noqa: F811
     live = wsgi_server(ws_app(handler), validate=False, threads=2, expect_errors=True, **kw)
-    return "ws://127.0.0.1:%d/" % live.port
+    return live, "ws://127.0.0.1:%d/" % live.port
+
+
+def serve(wsgi_server, handler, **kw):  # noqa: F811
+    return serve_live(wsgi_server, handler, **kw)[1]
 
 
 def test_echo(wsgi_server):  # noqa: F811
@@ -136,3 +142,25 @@ def test_accept_takes_only_an_offered_subprotocol(wsgi_server, offer, chosen, ok
             connect(url, subprotocols=offer, open_timeout=IO_TIMEOUT)
         assert ei.value.response.status_code == 400
         assert "was not offered" in str(seen[0])
+
+
+def test_stop_says_going_away(wsgi_server):  # noqa: F811
+    """RFC 6455 7.4.1: a server shutting down closes with 1001, then lets
+    the client answer, rather than cutting the connection at the deadline."""
+    ended = []
+
+    def waits(ws):
+        ws.send("ready")
+        ended.append(ws.receive())      # None once closed
+        ended.append(ws.close_code)
+
+    live, url = serve_live(wsgi_server, waits)
+    with connect(url) as c:
+        assert c.recv(timeout=IO_TIMEOUT) == "ready"
+        t0 = time.monotonic()
+        live.srv.stop(10)
+        with pytest.raises(ConnectionClosed):
+            c.recv(timeout=IO_TIMEOUT)
+        assert (c.close_code, c.close_reason) == (1001, "server shutting down")
+        assert time.monotonic() - t0 < 5, "the close came at the stop deadline"
+    assert wait_for(lambda: len(ended) == 2) and ended == [None, 1001]

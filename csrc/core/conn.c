@@ -476,12 +476,16 @@ static double monotonic(void)
 /* Wait until fd is ready, at most timeout seconds. The wait goes in short
  * slices so that a stop() with a deadline, asked for meanwhile, also bounds
  * it: the loop thread is blocked here and cannot see the request itself. */
-static int poll_one(ymo_server_t *s, int fd, short events, double timeout)
+/* Wait for events on fd: 0, YMO_E_TIMEOUT, -errno, or 1 when the server
+ * was asked to stop and wakes (a blocking WebSocket says goodbye then). */
+static int poll_one(ymo_server_t *s, int fd, short events, double timeout, int wakes)
 {
     double now = monotonic();
     double deadline = timeout < 0 ? -1 : now + timeout;
     double stop_deadline = -1;
     for (;;) {
+        if (s->stop_requested && wakes)
+            return 1;
         if (s->stop_requested && s->stop_timeout >= 0 && stop_deadline < 0)
             stop_deadline = now + s->stop_timeout;
         double until = deadline;
@@ -528,7 +532,7 @@ int ymo_conn_flush_sync(ymo_conn_t *c, double timeout)
             return (int)w;
         short ev = (c->flags & YMO_CONN_WRITE_WANTS_READ) ? POLLIN : POLLOUT;
         c->flags &= ~YMO_CONN_WRITE_WANTS_READ;
-        int r = poll_one(c->server, c->fd, ev, timeout);
+        int r = poll_one(c->server, c->fd, ev, timeout, 0);
         if (r < 0)
             return r;
     }
@@ -555,8 +559,8 @@ int ymo_conn_read_sync(ymo_conn_t *c, double timeout)
             return (int)n;
         short ev = (c->flags & YMO_CONN_READ_WANTS_WRITE) ? POLLOUT : POLLIN;
         c->flags &= ~YMO_CONN_READ_WANTS_WRITE;
-        int r = poll_one(c->server, c->fd, ev, timeout);
-        if (r < 0)
+        int r = poll_one(c->server, c->fd, ev, timeout, (c->flags & YMO_CONN_STOP_WAKES) != 0);
+        if (r != 0)
             return r;
     }
 }

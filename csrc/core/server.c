@@ -465,8 +465,8 @@ static void begin_stop(ymo_server_t *s)
         if (c->flags & YMO_CONN_CHECKED_OUT)
             continue;   /* a worker owns it; check-in applies the stop */
         c->flags |= YMO_CONN_DRAINING;
-        if (ymo__http_idle(c) && c->out.bytes == 0)
-            ymo_conn_close(c);
+        if (c->proto->on_stop != NULL)
+            c->proto->on_stop(c);
     }
     if (s->nconns == 0) {
         ev_break(s->loop, EVBREAK_ONE);

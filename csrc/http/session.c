@@ -407,10 +407,11 @@ void ymo__http_checkin(ymo_conn_t *c)
     ymo_conn_flush(c);
 }
 
-int ymo__http_idle(ymo_conn_t *c)
+static void on_stop(ymo_conn_t *c)
 {
     session_t *ss = SESSION(c);
-    return ss->state == S_IDLE && c->in.len == ss->rstart;
+    if (ss->state == S_IDLE && c->in.len == ss->rstart && c->out.bytes == 0)
+        ymo_conn_close(c);
 }
 
 /* --- Protocol callbacks -------------------------------------------------- */
@@ -522,6 +523,7 @@ static void on_free(ymo_conn_t *c)
 }
 
 const ymo_proto_t ymo__http_proto = {
+    .on_stop = on_stop,
     .on_data = on_data,
     .on_drained = on_drained,
     .on_timeout = on_timeout,

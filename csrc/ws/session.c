@@ -288,6 +288,7 @@ static void queue_close(ymo_conn_t *c, ws_t *ws, int code, const char *reason, s
     if (ws->flags & WF_CLOSE_SENT)
         return;
     ws->flags |= WF_CLOSE_SENT;
+    c->flags &= ~YMO_CONN_STOP_WAKES;   /* goodbye said: wait for the peer's */
     uint8_t payload[125];
     size_t n = 0;
     if (code != YMO_WS_NO_STATUS && code != 0) {
@@ -627,7 +628,21 @@ static void on_free(ymo_conn_t *c)
     c->proto_data = NULL;
 }
 
+/* RFC 6455 7.4.1: 1001, "going away"; the peer's close (or 5 s) ends it. */
+static void on_stop(ymo_conn_t *c)
+{
+    ws_t *ws = WS(c);
+    if (ws->flags & (WF_CLOSE_SENT | WF_NOTIFIED))
+        return;
+    queue_close(c, ws, YMO_WS_GOING_AWAY, "server shutting down", 20);
+    if (ws->flags & WF_CLOSE_RECEIVED)
+        ymo_conn_close_after_flush(c);
+    else
+        ymo_conn_timer(c, 5.0);
+}
+
 const ymo_proto_t ymo__ws_proto = {
+    .on_stop = on_stop,
     .on_data = on_data,
     .on_drained = on_drained,
     .on_timeout = on_timeout,
@@ -651,6 +666,7 @@ int ymo_ws_sync_accept(ymo_conn_t *c, const ymo_ws_request_t *req, const char *s
     if (r < 0)
         return r;
     (*out)->flags &= ~WF_OPEN_PENDING;     /* the application is told by accept() returning */
+    c->flags |= YMO_CONN_STOP_WAKES;
     /* Frames that came right behind the handshake are the session's. */
     ymo_http_release_input(c);
     /* The HTTP exchange is over once the application returns: close then. */
@@ -691,7 +707,14 @@ int ymo_ws_sync_recv(ymo_conn_t *c, ymo_ws_t *ws, int *opcode, uint8_t **data, s
             notify_close(c, ws, YMO_WS_ABNORMAL, "", 0);
             continue;
         }
+        if (c->server->stop_requested && !(ws->flags & WF_CLOSE_SENT)) {
+            /* RFC 6455 7.4.1: going away; then wait for the peer's close. */
+            queue_close(c, ws, YMO_WS_GOING_AWAY, "server shutting down", 20);
+            continue;
+        }
         r = ymo_conn_read_sync(c, ws->cfg.idle_timeout);
+        if (r == 1)
+            continue;   /* the server stops: said above, on the next turn */
         if (r == YMO_E_TIMEOUT) {
             queue_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
             notify_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);

@@ -109,6 +109,9 @@ typedef struct {
     /* The connection is on the ready list: run what waits for the
      * embedder (called from ymo_server_run_ready, the embedder's lock held). */
     void (*on_ready)(ymo_conn_t *c);
+    /* The server stops: end the connection gracefully (close it now when
+     * nothing is in progress). */
+    void (*on_stop)(ymo_conn_t *c);
 } ymo_proto_t;
 
 /* --- Connection ---------------------------------------------------------- */
@@ -127,7 +130,8 @@ enum ymo_conn_flags {
     YMO_CONN_WAIT_DRAIN = 1u << 10,     /* a request waits for earlier output to drain */
     YMO_CONN_READ_WANTS_WRITE = 1u << 11,   /* the transport's read waits for POLLOUT */
     YMO_CONN_WRITE_WANTS_READ = 1u << 12,   /* the transport's write waits for POLLIN */
-    YMO_CONN_DIRTY = 1u << 13           /* output queued: on the server's flush list */
+    YMO_CONN_DIRTY = 1u << 13,          /* output queued: on the server's flush list */
+    YMO_CONN_STOP_WAKES = 1u << 14      /* a blocking read returns 1 once the server stops */
 };
 
 typedef struct {
@@ -197,7 +201,8 @@ int ymo_conn_write_now(ymo_conn_t *c);
  * socket with a deadline; the caller releases its locks around them.
  * Return 0, YMO_E_TIMEOUT, YMO_E_CLOSED or -errno. */
 int ymo_conn_flush_sync(ymo_conn_t *c, double timeout);
-/* Reads more bytes into c->in (at least one) without running on_data. */
+/* Reads more bytes into c->in (at least one) without running on_data; on
+ * a YMO_CONN_STOP_WAKES connection, returns 1 once the server stops. */
 int ymo_conn_read_sync(ymo_conn_t *c, double timeout);
 
 /* --- Server ------------------------------------------------------------ */
