@@ -1,6 +1,7 @@
 """WebSockets from a WSGI application: environ["yimmo.websocket"], accept(),
 and the blocking receive()/send()/close() on a worker thread, with the
 `websockets` library as the client (docs/websockets.md, "From a WSGI app")."""
+import struct
 import time
 
 import pytest
@@ -8,7 +9,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import IO_TIMEOUT, RawConn, wait_for
-from test_websocket import CONT, PING, TEXT, frame, read_frame, upgrade_request
+from test_websocket import CLOSE, CONT, PING, PONG, TEXT, frame, read_frame, upgrade_request
 from wsgi_conftest import wsgi_server  # noqa: F401  (fixture)
 
 
@@ -163,4 +164,26 @@ def test_stop_says_going_away(wsgi_server):  # noqa: F811
             c.recv(timeout=IO_TIMEOUT)
         assert (c.close_code, c.close_reason) == (1001, "server shutting down")
         assert time.monotonic() - t0 < 5, "the close came at the stop deadline"
+    assert wait_for(lambda: len(ended) == 2) and ended == [None, 1001]
+
+
+def test_keepalive_pings_under_wsgi(wsgi_server):  # noqa: F811
+    """ws_ping_interval / ws_ping_timeout apply to receive() as on the loop:
+    a peer that answers stays, one that does not gets 1001 "ping timeout"."""
+    ended = []
+
+    def waits(ws):
+        ended.append(ws.receive())
+        ended.append(ws.close_code)
+
+    live, url = serve_live(wsgi_server, waits, ws_ping_interval=0.2, ws_ping_timeout=0.3)
+    with RawConn(("127.0.0.1", live.port)) as c:
+        c.send(upgrade_request("/"))
+        assert c.read_head().status == 101
+        t0 = time.monotonic()
+        assert read_frame(c)[2] == PING
+        c.send(frame(PONG, b"yimmo"))                   # answered: the connection stays
+        assert read_frame(c)[2] == PING                 # the next one, an interval later
+        assert read_frame(c) == (1, 0, CLOSE, struct.pack("!H", 1001) + b"ping timeout")
+        assert time.monotonic() - t0 < 3
     assert wait_for(lambda: len(ended) == 2) and ended == [None, 1001]

@@ -6,6 +6,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 #include <openssl/sha.h>
@@ -41,6 +42,8 @@ struct ymo_ws_s {
     size_t close_reason_len;
     void *user;
     double last_rx;             /* loop time of the last bytes from the peer */
+    double sync_rx, ping_sent;  /* blocking use, monotonic: the same, and when
+                                 * our keep-alive ping left */
 };
 typedef struct ymo_ws_s ws_t;
 
@@ -681,8 +684,17 @@ int ymo_ws_sync_accept(ymo_conn_t *c, const ymo_ws_request_t *req, const char *s
     return r;
 }
 
+static double monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 int ymo_ws_sync_recv(ymo_conn_t *c, ymo_ws_t *ws, int *opcode, uint8_t **data, size_t *len)
 {
+    if (ws->sync_rx == 0)
+        ws->sync_rx = monotonic();
     for (;;) {
         /* Frames that arrived with the last message come first. */
         if (!(ws->flags & WF_MSG_READY) && c->in.len > 0)
@@ -712,18 +724,44 @@ int ymo_ws_sync_recv(ymo_conn_t *c, ymo_ws_t *ws, int *opcode, uint8_t **data, s
             queue_close(c, ws, YMO_WS_GOING_AWAY, "server shutting down", 20);
             continue;
         }
-        r = ymo_conn_read_sync(c, ws->cfg.idle_timeout);
+        /* Wait for the peer until the idle timeout, or the keep-alive ping
+         * is due, or its answer overdue (the loop's on_timeout, by hand). */
+        double now = monotonic();
+        double wait = ws->sync_rx + ws->cfg.idle_timeout - now;
+        if (ws->cfg.ping_interval > 0) {
+            double due = (ws->flags & WF_PING_OUT) ? ws->ping_sent + ws->cfg.ping_timeout
+                                                   : ws->sync_rx + ws->cfg.ping_interval;
+            if (due - now < wait)
+                wait = due - now;
+        }
+        r = ymo_conn_read_sync(c, wait > 0 ? wait : 0);
         if (r == 1)
             continue;   /* the server stops: said above, on the next turn */
         if (r == YMO_E_TIMEOUT) {
-            queue_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
-            notify_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
+            now = monotonic();
+            if (now - ws->sync_rx >= ws->cfg.idle_timeout) {
+                queue_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
+                notify_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
+            } else if (ws->flags & WF_PING_OUT) {
+                if (now - ws->ping_sent >= ws->cfg.ping_timeout) {
+                    /* RFC 6455 5.5.2: the ping went unanswered. */
+                    queue_close(c, ws, YMO_WS_GOING_AWAY, "ping timeout", 12);
+                    notify_close(c, ws, YMO_WS_GOING_AWAY, "ping timeout", 12);
+                }
+            } else if (ws->cfg.ping_interval > 0 && !(ws->flags & WF_CLOSE_SENT)) {
+                send_frame(c, 1, 0, YMO_WS_PING, "yimmo", 5, NULL);
+                ws->flags |= WF_PING_OUT;
+                ws->ping_sent = now;
+            }
             continue;
         }
         if (r < 0) {
             notify_close(c, ws, YMO_WS_ABNORMAL, "", 0);
             continue;
         }
+        /* Bytes from the peer show it is alive. */
+        ws->sync_rx = monotonic();
+        ws->flags &= ~WF_PING_OUT;
         ws_process(c, ws);
     }
 }
