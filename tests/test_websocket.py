@@ -698,7 +698,11 @@ def test_subprotocol_header_variants(ws_server):
     conn, resp = open_raw(live, extra=[("Sec-WebSocket-Protocol", " a ,b,  c ")])
     conn.close()
     assert resp.header("sec-websocket-protocol") == "b"
-    assert [e[3] for e in rec.events if e[0] == "connect"] == [["a", "b", "c"]]
+    # RFC 6455 11.3.4: several lines are one list.
+    conn, resp = open_raw(live, extra=[("Sec-WebSocket-Protocol", "x"), ("Sec-WebSocket-Protocol", "b")])
+    conn.close()
+    assert resp.header("sec-websocket-protocol") == "b"
+    assert [e[3] for e in rec.events if e[0] == "connect"] == [["a", "b", "c"], ["x", "b"]]
 
 
 @pytest.mark.parametrize("decision, offer", [("chat", None), ("chat", ["a", "b"]), ("a, b", ["a", "b"]),

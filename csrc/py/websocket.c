@@ -461,35 +461,39 @@ static void hook_ws_close(ymo_server_t *s, ymo_conn_t *c, int code, const char *
     Py_DECREF(ws);      /* the connection's reference, from the upgrade */
 }
 
-/* The subprotocols a client offers, as a list of str. */
-static PyObject *offered(const ymo_ws_request_t *req)
+/* The subprotocols a client offers, as a list of str: every
+ * Sec-WebSocket-Protocol line, in order (RFC 6455 11.3.4: several lines
+ * mean the same as one joined with commas). */
+static PyObject *offered(ymo_conn_t *c)
 {
+    const char *base;
+    const ymo_http_parser_t *p = ymo_http_request(c, &base);
     PyObject *list = PyList_New(0);
-    if (list == NULL || req->protocols == NULL)
-        return list;
-    size_t i = 0, n = req->protocols_len;
-    const char *v = req->protocols;
-    while (i < n) {
-        while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-            i++;
-        size_t start = i;
-        while (i < n && v[i] != ',' && v[i] != ' ' && v[i] != '\t')
-            i++;
-        if (i > start) {
-            PyObject *s = PyUnicode_DecodeLatin1(v + start, (Py_ssize_t)(i - start), NULL);
-            if (s == NULL || PyList_Append(list, s) < 0) {
+    for (uint32_t k = 0; list != NULL && k < p->nheaders; k++) {
+        const ymo_http_header_t *h = &p->headers[k];
+        if (h->name.len != 22 || memcmp(base + h->name.off, "sec-websocket-protocol", 22) != 0)
+            continue;
+        size_t i = 0, n = h->value.len;
+        const char *v = base + h->value.off;
+        while (i < n) {
+            while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+                i++;
+            size_t start = i;
+            while (i < n && v[i] != ',' && v[i] != ' ' && v[i] != '\t')
+                i++;
+            if (i > start) {
+                PyObject *s = PyUnicode_DecodeLatin1(v + start, (Py_ssize_t)(i - start), NULL);
+                if (s == NULL || PyList_Append(list, s) < 0)
+                    Py_CLEAR(list);
                 Py_XDECREF(s);
-                Py_DECREF(list);
-                return NULL;
+                if (list == NULL)
+                    break;
             }
-            Py_DECREF(s);
         }
     }
     return list;
 }
 
-/* RFC 6455 4.2.2: the subprotocol the server picks is one the client
- * offered. 0, or -1 with TypeError or ValueError set. */
 static int check_subprotocol(PyObject *chosen, PyObject *offered_list)
 {
     if (!PyUnicode_Check(chosen)) {
@@ -549,7 +553,7 @@ int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, P
     ws->headers = Py_XNewRef(headers);
     ws->remote_addr = Py_XNewRef(remote_addr);
     ws->subprotocol = NULL;
-    ws->subprotocols = offered(&req);
+    ws->subprotocols = offered(c);
     ws->close_code = 0;
     ws->closing = 0;
     PyObject_GC_Track(ws);
@@ -999,7 +1003,7 @@ PyObject *ymo__py_wsgi_ws_new(YmoServerObject *srv, ymo_conn_t *c)
     w->closed = 0;
     w->sending = 0;
     ymo_ws_request_t req;
-    w->subprotocols = ymo_ws_check_request(c, &req) == 0 ? offered(&req) : PyList_New(0);
+    w->subprotocols = ymo_ws_check_request(c, &req) == 0 ? offered(c) : PyList_New(0);
     if (w->subprotocols == NULL) {
         Py_DECREF(w);
         return NULL;
