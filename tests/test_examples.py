@@ -1,4 +1,5 @@
 """The bundled examples, served the way the README serves them."""
+import contextlib
 import json
 import os
 import re
@@ -30,34 +31,37 @@ def test_wsgi_example_through_the_cli():
         y.close()
 
 
-def test_native_example(tmp_path):
-    proc = subprocess.Popen([sys.executable, "examples/hello.py", "--port", "0"], cwd=ROOT,
+@contextlib.contextmanager
+def example(script):
+    """Run examples/SCRIPT --port 0; yields "HOST:PORT" from the line it prints."""
+    proc = subprocess.Popen([sys.executable, "examples/" + script, "--port", "0"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = proc.stdout.readline()
-        m = re.search(r"http://([\d.]+):(\d+)", line)
+        m = re.search(r"http://([\d.]+:\d+)", line)
         assert m, line
-        url = "http://%s:%s" % m.groups()
-        assert fetch(url + "/")[2] == b"Hello, world!\n"
-        assert fetch(url + "/echo", data=b"pong")[2] == b"pong"
+        yield m.group(1)
+        assert proc.poll() is None, "the server died"
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def test_chat_example(tmp_path):
+def test_native_example():
+    with example("hello.py") as where:
+        url = "http://" + where
+        assert fetch(url + "/")[2] == b"Hello, world!\n"
+        assert fetch(url + "/echo", data=b"pong")[2] == b"pong"
+
+
+def test_chat_example():
     """Two members: joins, a message to the room, a leave. (The room calls
     send() from on_open; that once ran before the connection spoke
     WebSocket and broke the server.)"""
     from websockets.sync.client import connect
 
-    proc = subprocess.Popen([sys.executable, "examples/ws_chat.py", "--port", "0"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        line = proc.stdout.readline()
-        m = re.search(r"http://([\d.]+):(\d+)", line)
-        assert m, line
-        url = "ws://%s:%s/chat" % m.groups()
+    with example("ws_chat.py") as where:
+        url = "ws://%s/chat" % where
         recv = lambda c: json.loads(c.recv(timeout=10))  # noqa: E731
         with connect(url + "?name=ann") as ann:
             assert recv(ann) == {"from": None, "text": "ann joined (1 here)"}
@@ -67,7 +71,3 @@ def test_chat_example(tmp_path):
                 bob.send("hi all")
                 assert recv(ann) == recv(bob) == {"from": "bob", "text": "hi all"}
             assert recv(ann) == {"from": None, "text": "bob left"}
-        assert proc.poll() is None, "the server died"
-    finally:
-        proc.terminate()
-        proc.wait(10)
