@@ -187,3 +187,25 @@ def test_keepalive_pings_under_wsgi(wsgi_server):  # noqa: F811
         assert read_frame(c) == (1, 0, CLOSE, struct.pack("!H", 1001) + b"ping timeout")
         assert time.monotonic() - t0 < 3
     assert wait_for(lambda: len(ended) == 2) and ended == [None, 1001]
+
+
+def test_stop_with_a_peer_that_never_answers_the_close(wsgi_server):  # noqa: F811
+    """The 1001 goes out; a peer that never answers gets 5 s, as on the
+    loop, then receive() ends (1006), well before the idle timeout."""
+    ended = []
+
+    def waits(ws):
+        ws.send("ready")
+        ended.append(ws.receive())
+        ended.append(ws.close_code)
+
+    live, url = serve_live(wsgi_server, waits, ws_idle_timeout=60)
+    with RawConn(("127.0.0.1", live.port), timeout=15) as c:
+        c.send(upgrade_request("/"))
+        assert c.read_head().status == 101
+        assert read_frame(c) == (1, 0, TEXT, b"ready")
+        t0 = time.monotonic()
+        live.srv.stop(30)
+        assert read_frame(c) == (1, 0, CLOSE, struct.pack("!H", 1001) + b"server shutting down")
+        assert wait_for(lambda: len(ended) == 2, 15) and ended == [None, 1006]
+        assert 4 < time.monotonic() - t0 < 8

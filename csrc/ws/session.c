@@ -728,7 +728,9 @@ int ymo_ws_sync_recv(ymo_conn_t *c, ymo_ws_t *ws, int *opcode, uint8_t **data, s
          * is due, or its answer overdue (the loop's on_timeout, by hand). */
         double now = monotonic();
         double wait = ws->sync_rx + ws->cfg.idle_timeout - now;
-        if (ws->cfg.ping_interval > 0) {
+        if ((ws->flags & WF_CLOSE_SENT) && wait > 5.0)
+            wait = 5.0;     /* our close is out: 5 s for the peer's, as on the loop */
+        else if (ws->cfg.ping_interval > 0) {
             double due = (ws->flags & WF_PING_OUT) ? ws->ping_sent + ws->cfg.ping_timeout
                                                    : ws->sync_rx + ws->cfg.ping_interval;
             if (due - now < wait)
@@ -739,7 +741,10 @@ int ymo_ws_sync_recv(ymo_conn_t *c, ymo_ws_t *ws, int *opcode, uint8_t **data, s
             continue;   /* the server stops: said above, on the next turn */
         if (r == YMO_E_TIMEOUT) {
             now = monotonic();
-            if (now - ws->sync_rx >= ws->cfg.idle_timeout) {
+            if (ws->flags & WF_CLOSE_SENT) {
+                /* The peer never answered our close. */
+                notify_close(c, ws, YMO_WS_ABNORMAL, "", 0);
+            } else if (now - ws->sync_rx >= ws->cfg.idle_timeout) {
                 queue_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
                 notify_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
             } else if (ws->flags & WF_PING_OUT) {
