@@ -14,7 +14,6 @@ typedef struct {
     YmoServerObject *server;    /* borrowed: valid while conn is set */
     PyObject *handler;          /* the path's handler object */
     PyObject *path, *query, *headers, *remote_addr, *subprotocol, *subprotocols;
-    int close_code;
     int closing;                /* close() was called or the close was reported */
 } YmoWebSocketObject;
 
@@ -222,6 +221,21 @@ static int close_args(PyObject *args, PyObject *kw, int *code, const char **reas
     return 0;
 }
 
+/* None, or the exception for what ymo_ws_send / ymo_ws_sync_send said. */
+static PyObject *send_result(int r)
+{
+    if (r == 0)
+        Py_RETURN_NONE;
+    if (r == YMO_E_NOMEM)
+        PyErr_SetString(PyExc_BufferError,
+                        "the client is not reading: the send queue is over its limit");
+    else if (r == YMO_E_STATE)
+        PyErr_SetString(PyExc_RuntimeError, "the WebSocket is not open");
+    else
+        PyErr_Format(PyExc_ConnectionError, "the WebSocket is closing (%s)", ymo_strerror(r));
+    return NULL;
+}
+
 static PyObject *ws_send(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"data", "fin", NULL};
@@ -237,25 +251,9 @@ static PyObject *ws_send(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
     Py_ssize_t plen;
     if (payload_of(ws->server->st, data, &owner, &ptr, &plen, &opcode) < 0)
         return NULL;
-    /* The first fragment names the message's type; the rest continue it. */
-    if (ws->close_code == -1)
-        opcode = YMO_WS_CONT;
-    int r = ymo_ws_send(ws->conn, opcode, ptr, (size_t)plen, fin, owner);
-    if (r == YMO_E_NOMEM) {
-        PyErr_SetString(PyExc_BufferError,
-                        "the client is not reading: the send queue is over its limit");
-        return NULL;
-    }
-    if (r == YMO_E_STATE) {
-        PyErr_SetString(PyExc_RuntimeError, "a fragmented message is still being sent");
-        return NULL;
-    }
-    if (r < 0) {
-        PyErr_SetString(PyExc_ConnectionError, "the WebSocket is closing");
-        return NULL;
-    }
-    ws->close_code = fin ? 0 : -1;
-    Py_RETURN_NONE;
+    /* A message sent with fin=False goes on: the session makes the rest
+     * continuation frames. */
+    return send_result(ymo_ws_send(ws->conn, opcode, ptr, (size_t)plen, fin, owner));
 }
 
 /* ping(payload=b'') arguments: bytes, at most 125 of them (RFC 6455 5.5). */
@@ -284,12 +282,7 @@ static PyObject *ws_ping(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
     Py_ssize_t n;
     if (ping_args(args, kw, &p, &n) < 0 || ws_live(ws) < 0)
         return NULL;
-    /* Control frames may go between the fragments of a message. */
-    uint8_t hdr[14];
-    size_t hl = ymo_ws_frame_header(hdr, 1, 0, YMO_WS_PING, (uint64_t)n);
-    if (ymo_outq_copy(&ws->conn->out, hdr, hl) < 0 || ymo_outq_copy(&ws->conn->out, p, (size_t)n) < 0)
-        return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return send_result(ymo_ws_ping(ws->conn, p, (size_t)n));
 }
 
 static PyObject *ws_close(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
@@ -554,7 +547,6 @@ int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, P
     ws->remote_addr = Py_XNewRef(remote_addr);
     ws->subprotocol = NULL;
     ws->subprotocols = offered(c);
-    ws->close_code = 0;
     ws->closing = 0;
     PyObject_GC_Track(ws);
     if (ws->subprotocols == NULL) {
@@ -781,7 +773,6 @@ typedef struct {
     YmoServerObject *server;    /* borrowed: valid while conn is set */
     ymo_ws_t *ws;               /* after accept() */
     int closed;
-    int sending;                /* a message sent with fin=False goes on */
     PyObject *subprotocols;
 } YmoWSGIWebSocketObject;
 
@@ -882,23 +873,10 @@ static PyObject *sync_send(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *
     int opcode;
     if (payload_of(w->server->st, data, &b, &ptr, &plen, &opcode) < 0)
         return NULL;
-    /* The first fragment names the message's type; the rest continue it. */
-    if (w->sending)
-        opcode = YMO_WS_CONT;
     int r;
     YMO_BLOCKING(w->server, r = ymo_ws_sync_send(w->conn, w->ws, opcode, ptr, (size_t)plen, fin));
     Py_DECREF(b);
-    if (r == YMO_E_NOMEM) {
-        PyErr_SetString(PyExc_BufferError,
-                        "the client is not reading: the send queue is over its limit");
-        return NULL;
-    }
-    if (r < 0) {
-        PyErr_Format(PyExc_ConnectionError, "send failed: %s", ymo_strerror(r));
-        return NULL;
-    }
-    w->sending = !fin;
-    Py_RETURN_NONE;
+    return send_result(r);
 }
 
 static PyObject *sync_ping(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *kw)
@@ -909,11 +887,7 @@ static PyObject *sync_ping(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *
         return NULL;
     int r;
     YMO_BLOCKING(w->server, r = ymo_ws_sync_ping(w->conn, w->ws, p, (size_t)n));
-    if (r < 0) {
-        PyErr_Format(PyExc_ConnectionError, "ping failed: %s", ymo_strerror(r));
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return send_result(r);
 }
 
 static PyObject *sync_close(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *kw)
@@ -1001,7 +975,6 @@ PyObject *ymo__py_wsgi_ws_new(YmoServerObject *srv, ymo_conn_t *c)
     w->server = srv;
     w->ws = NULL;
     w->closed = 0;
-    w->sending = 0;
     ymo_ws_request_t req;
     w->subprotocols = ymo_ws_check_request(c, &req) == 0 ? offered(c) : PyList_New(0);
     if (w->subprotocols == NULL) {

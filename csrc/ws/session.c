@@ -255,6 +255,9 @@ static int send_msg(ymo_conn_t *c, ws_t *ws, int opcode, const void *data, size_
         r = YMO_E_CLOSED;
         goto drop;
     }
+    /* While a fragmented message is open, what comes is more of it. */
+    if ((ws->flags & WF_SENDING) && opcode != YMO_WS_CONT)
+        opcode = YMO_WS_CONT;
     if ((opcode == YMO_WS_CONT) != ((ws->flags & WF_SENDING) != 0)) {
         r = YMO_E_STATE;
         goto drop;
@@ -341,6 +344,18 @@ int ymo_ws_send(ymo_conn_t *c, int opcode, const void *data, size_t len, int fin
         return YMO_E_STATE;
     }
     return send_msg(c, WS(c), opcode, data, len, fin, ref);
+}
+
+int ymo_ws_ping(ymo_conn_t *c, const void *data, size_t len)
+{
+    if (c->flags & YMO_CONN_CLOSED)
+        return YMO_E_CLOSED;
+    if (!SPEAKS_WS(c))
+        return YMO_E_STATE;
+    if (WS(c)->flags & WF_CLOSE_SENT)
+        return YMO_E_CLOSED;
+    /* Control frames may go between the fragments of a message. */
+    return send_frame(c, 1, 0, YMO_WS_PING, data, len, NULL);
 }
 
 int ymo_ws_close(ymo_conn_t *c, int code, const char *reason, size_t len)

@@ -187,10 +187,14 @@ int ymo_ws_accept(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subpro
 void *ymo_ws_user(ymo_conn_t *c);
 
 /* Queue a message, or a fragment of one (fin = 0 for all but the last;
- * opcode YMO_WS_CONT after the first). Owned bytes: ref as in
- * ymo_outq_ref, or NULL to copy. 0, YMO_E_CLOSED after close, YMO_E_STATE
- * for a misuse, YMO_E_NOMEM when more than send_limit is queued. */
+ * while a message is open, any data opcode continues it as YMO_WS_CONT).
+ * Owned bytes: ref as in ymo_outq_ref, or NULL to copy. 0, YMO_E_CLOSED
+ * after close, YMO_E_STATE for a misuse (YMO_WS_CONT with no message open,
+ * or before the connection speaks WebSocket), YMO_E_NOMEM when more than
+ * send_limit is queued. */
 int ymo_ws_send(ymo_conn_t *c, int opcode, const void *data, size_t len, int fin, void *ref);
+/* Queue a ping with len (<= 125) bytes of payload, also between fragments. */
+int ymo_ws_ping(ymo_conn_t *c, const void *data, size_t len);
 
 /* Start the closing handshake (RFC 6455 7.1.2) with code and reason. */
 int ymo_ws_close(ymo_conn_t *c, int code, const char *reason, size_t len);
