@@ -473,11 +473,11 @@ static double monotonic(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Wait until fd is ready, at most timeout seconds. The wait goes in short
- * slices so that a stop() with a deadline, asked for meanwhile, also bounds
- * it: the loop thread is blocked here and cannot see the request itself. */
-/* Wait for events on fd: 0, YMO_E_TIMEOUT, -errno, or 1 when the server
- * was asked to stop and wakes (a blocking WebSocket says goodbye then). */
+/* Wait until fd is ready, at most timeout seconds: 0, YMO_E_TIMEOUT or
+ * -errno; with wakes, 1 as soon as the server was asked to stop (a blocking
+ * WebSocket says goodbye then). The wait goes in short slices so that a
+ * stop() with a deadline, asked for meanwhile, also bounds it: the loop
+ * thread is blocked here and cannot see the request itself. */
 static int poll_one(ymo_server_t *s, int fd, short events, double timeout, int wakes)
 {
     double now = monotonic();

@@ -43,7 +43,6 @@ void ymo__http_run(ymo_conn_t *c);
 int ymo__http_attach(ymo_conn_t *c);
 /* A worker thread gave c back: finish its exchange on the loop. */
 void ymo__http_checkin(ymo_conn_t *c);
-/* True when the connection has no request in progress. */
 
 /* Log through the server's hook, printf-style. */
 void ymo__log(ymo_server_t *s, int level, const char *fmt, ...)

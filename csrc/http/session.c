@@ -56,19 +56,7 @@ int ymo_http_respond_error(ymo_conn_t *c, int status, const char *reason)
 {
     session_t *ss = SESSION(c);
     ymo_server_t *s = c->server;
-    char head[512];
-    size_t dlen;
-    const char *date = ymo_server_date(s, &dlen);
     const char *phrase = ymo_http_reason(status);
-    char body[256];
-    int blen = snprintf(body, sizeof(body), "%d %s: %s\n", status, phrase, reason);
-    if (blen < 0 || (size_t)blen >= sizeof(body))
-        blen = (int)sizeof(body) - 1;
-    int hlen = snprintf(head, sizeof(head),
-                        "HTTP/1.1 %d %s\r\nServer: yimmo\r\n%.*s"
-                        "Content-Type: text/plain; charset=utf-8\r\n"
-                        "Content-Length: %d\r\nConnection: close\r\n\r\n",
-                        status, phrase, (int)dlen, date, blen);
     char peer[64];
     peer_string(c, peer, sizeof(peer));
     ymo__log(s, YMO_LOG_INFO, "%d %s from %s: %s", status, phrase, peer, reason);
@@ -84,6 +72,18 @@ int ymo_http_respond_error(ymo_conn_t *c, int status, const char *reason)
         ymo_conn_close_after_flush(c);
         return 0;
     }
+    char head[512];
+    size_t dlen;
+    const char *date = ymo_server_date(s, &dlen);
+    char body[256];
+    int blen = snprintf(body, sizeof(body), "%d %s: %s\n", status, phrase, reason);
+    if (blen < 0 || (size_t)blen >= sizeof(body))
+        blen = (int)sizeof(body) - 1;
+    int hlen = snprintf(head, sizeof(head),
+                        "HTTP/1.1 %d %s\r\nServer: yimmo\r\n%.*s"
+                        "Content-Type: text/plain; charset=utf-8\r\n"
+                        "Content-Length: %d\r\nConnection: close\r\n\r\n",
+                        status, phrase, (int)dlen, date, blen);
     /* The exchange in progress, if any, counts as answered. */
     ss->resp.status = status;
     ss->resp.flags = YMO_RESP_STARTED | YMO_RESP_HEAD_DONE | YMO_RESP_FINISHED | YMO_RESP_CLOSE;

@@ -792,9 +792,10 @@ static int sync_live(YmoWSGIWebSocketObject *w, int need_ws)
 static PyObject *sync_accept(YmoWSGIWebSocketObject *w, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"subprotocol", NULL};
+    PyObject *chosen = Py_None;
     const char *sp = NULL;
     Py_ssize_t splen = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|z#:accept", kwlist, &sp, &splen))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:accept", kwlist, &chosen))
         return NULL;
     if (sync_live(w, 0) < 0)
         return NULL;
@@ -802,13 +803,9 @@ static PyObject *sync_accept(YmoWSGIWebSocketObject *w, PyObject *args, PyObject
         PyErr_SetString(PyExc_RuntimeError, "accept() was called already");
         return NULL;
     }
-    if (sp != NULL) {
-        PyObject *chosen = PyUnicode_DecodeUTF8(sp, splen, NULL);
-        int bad = chosen == NULL || check_subprotocol(chosen, w->subprotocols) < 0;
-        Py_XDECREF(chosen);
-        if (bad)
-            return NULL;
-    }
+    if (chosen != Py_None && (check_subprotocol(chosen, w->subprotocols) < 0
+                              || (sp = PyUnicode_AsUTF8AndSize(chosen, &splen)) == NULL))
+        return NULL;
     if (!(w->conn->flags & YMO_CONN_CHECKED_OUT)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "WebSockets from a WSGI application need worker threads "
