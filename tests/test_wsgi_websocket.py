@@ -12,6 +12,10 @@ from conftest import IO_TIMEOUT, RawConn, wait_for
 from test_websocket import CLOSE, CONT, PING, PONG, TEXT, frame, read_frame, upgrade_request
 from wsgi_conftest import wsgi_server  # noqa: F401  (fixture)
 
+# WebSockets from WSGI need worker threads: every test once, with two (not
+# again as the fixture's loop-thread variant, which would be the same).
+pytestmark = pytest.mark.parametrize("wsgi_server", [2], indirect=True, ids=["threads"])
+
 
 def ws_app(handler):
     """A WSGI app that accepts the WebSocket and runs handler(ws) on it."""
@@ -27,7 +31,7 @@ def ws_app(handler):
 
 
 def serve_live(wsgi_server, handler, **kw):  # noqa: F811
-    live = wsgi_server(ws_app(handler), validate=False, threads=2, expect_errors=True, **kw)
+    live = wsgi_server(ws_app(handler), validate=False, expect_errors=True, **kw)
     return live, "ws://127.0.0.1:%d/" % live.port
 
 
@@ -132,7 +136,7 @@ def test_accept_takes_only_an_offered_subprotocol(wsgi_server, offer, chosen, ok
         ws.receive()
         return []
 
-    live = wsgi_server(app, validate=False, threads=2)
+    live = wsgi_server(app, validate=False)
     url = "ws://127.0.0.1:%d/" % live.port
     if ok:
         with connect(url, subprotocols=offer) as c:
