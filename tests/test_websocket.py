@@ -1092,6 +1092,31 @@ def test_deflate_negotiation(deflate_server):
     assert deflate_negotiated(live, "x-webkit-deflate-frame") is None
 
 
+def test_deflate_offers_on_several_extension_lines(deflate_server):
+    """RFC 6455 11.3.2: Sec-WebSocket-Extensions may appear more than once;
+    the lines are one list, in order, and each must parse."""
+    live, url = deflate_server()
+
+    def answer(*lines):
+        conn, resp = open_raw(live, extra=[("Sec-WebSocket-Extensions", v) for v in lines])
+        conn.close()
+        return resp.header("sec-websocket-extensions")
+
+    assert answer("x-webkit-deflate-frame", "permessage-deflate") == "permessage-deflate"
+    # The first acceptable offer wins, on whichever line it is.
+    p = params(answer("permessage-deflate; server_max_window_bits=16",
+                      "permessage-deflate; server_no_context_takeover",
+                      "permessage-deflate"))
+    assert "server_no_context_takeover" in p
+    assert answer("x-foo", "x-bar") is None
+    # A malformed later line is refused even after an accepted offer.
+    with live.connect() as c:
+        c.send(upgrade_request("/ws", extra=[("Sec-WebSocket-Extensions", "permessage-deflate"),
+                                             ("Sec-WebSocket-Extensions", "permessage-deflate x")]))
+        resp = c.read_response()
+        assert resp.status == 400 and b"Sec-WebSocket-Extensions" in resp.body, resp
+
+
 def test_deflate_quoted_parameter_values(deflate_server):
     """RFC 6455 9.1: a parameter value may be a quoted-string, which must be
     a token once unquoted (RFC 7692 7.1.2.1: a window size)."""
