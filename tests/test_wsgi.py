@@ -244,6 +244,28 @@ def test_bad_forwarded_allow_ips(allow):
         yimmo.WSGIServer(lambda e, s: [], port=0, forwarded_allow_ips=allow)
 
 
+@pytest.mark.parametrize("allow", [
+    "10.0.0.1", "10.0.0.0/8", "10.0.0.0/032", "::1", "fe80::/10", "::ffff:10.0.0.1", "*",
+    "10.0.0.1, ::1", "fe80::1%eth0", "10.0.0.0/255.0.0.0", "10.0.0.0/0.255.255.255", "10.0.0.0/+8",
+    "10.0.0.0/\u0668", "010.0.0.1", "1.2.3", "::1/129", "10.0.0.0/33",
+])
+def test_the_cli_and_the_server_read_forwarded_allow_ips_alike(allow):
+    """--forwarded-allow-ips is checked when the CLI reads it; what passes
+    there must not stop a worker from booting, and the reverse."""
+    from yimmo import config
+    try:
+        config.load(["hello", "--forwarded-allow-ips", allow], environ={})
+        cli = True
+    except config.ConfigError:
+        cli = False
+    try:
+        yimmo.WSGIServer(lambda e, s: [], host="127.0.0.1", port=0, forwarded_allow_ips=allow)
+        server = True
+    except ValueError:
+        server = False
+    assert cli == server
+
+
 def test_wsgi_errors_is_the_stream_given(env_server):
     class Stream:
         def write(self, s):

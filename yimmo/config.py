@@ -381,10 +381,15 @@ def _default_script_name(environ):
 
 
 def _check_proxies(v):
+    # The grammar the server itself reads (csrc/py/wsgi.c, inet_pton): an
+    # address, or an address and a prefix length; no IPv6 zone, no netmask.
     for item in (i.strip() for i in v.split(",")):
         if not item or item == "*":
             continue
+        addr, slash, bits = item.partition("/")
         try:
+            if "%" in addr or (slash and not (bits.isascii() and bits.isdigit())):
+                raise ValueError
             ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise ValueError("%r is not an IP address or network" % (item,)) from None
@@ -476,9 +481,9 @@ OPTIONS = [
            "(lower latency for one busy CPU; 0: off, at most 0.01).",
            validate=_between(0, 0.01), metavar="SECONDS", section="workers", maps_to="busy_poll"),
     Option("forwarded_allow_ips", ("--forwarded-allow-ips",), _to_str, _default_forwarded,
-           "Proxies (addresses or networks, comma-separated; * for any) whose X-Forwarded-Proto, "
-           "X-Forwarded-Protocol or X-Forwarded-Ssl header sets wsgi.url_scheme; a Unix socket "
-           "peer counts as one. Default $FORWARDED_ALLOW_IPS, or 127.0.0.1,::1.",
+           "Proxies (addresses or ADDRESS/BITS networks, comma-separated; * for any) whose "
+           "X-Forwarded-Proto, X-Forwarded-Protocol or X-Forwarded-Ssl header sets "
+           "wsgi.url_scheme; a Unix socket peer counts as one. Default $FORWARDED_ALLOW_IPS, or 127.0.0.1,::1.",
            validate=_check_proxies, metavar="ADDRESSES", maps_to="forwarded_allow_ips"),
     Option("script_name", ("--script-name",), _to_str, _default_script_name,
            "The path the app is mounted at (SCRIPT_NAME); a request path under it has it removed "
