@@ -266,6 +266,15 @@ static int conn_elem(ymo_http_parser_t *p, const uint8_t *s, size_t n)
     return YMO_OK;
 }
 
+/* RFC 9110 10.1.1: Expect is a list; 100-continue is the only expectation
+ * defined, and others are ignored (a server MAY answer them 417). */
+static int expect_elem(ymo_http_parser_t *p, const uint8_t *s, size_t n)
+{
+    if (ieq(s, n, LIT("100-continue")))
+        p->aux |= A_EXPECT;
+    return YMO_OK;
+}
+
 /* RFC 9110 7.2: Host = uri-host [ ":" port ], uri-host being an IP-literal
  * in brackets, an IPv4 address or a reg-name (RFC 3986 3.2.2). An empty
  * value is allowed (no authority). */
@@ -327,9 +336,7 @@ static int on_field(ymo_http_parser_t *p, const uint8_t *buf, const ymo_http_hea
         err = walk_list(p, v, n, conn_elem);
         break;
     case YMO_HDR_EXPECT:
-        /* RFC 9110 10.1.1: the only expectation defined is 100-continue. */
-        if (ieq(v, n, LIT("100-continue")))
-            p->aux |= A_EXPECT;
+        err = walk_list(p, v, n, expect_elem);
         break;
     default:
         break;
