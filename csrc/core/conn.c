@@ -27,12 +27,19 @@ static ssize_t plain_read(ymo_conn_t *c, char *buf, size_t len)
 
 static ssize_t plain_writev(ymo_conn_t *c, const struct iovec *iov, int iovcnt)
 {
-    /* sendmsg rather than writev: MSG_NOSIGNAL keeps a peer's reset from
-     * raising SIGPIPE in a process that did not ignore it. */
+    /* send/sendmsg rather than write/writev: MSG_NOSIGNAL keeps a peer's
+     * reset from raising SIGPIPE in a process that did not ignore it. One
+     * buffer (most responses) skips the kernel's msghdr and iovec import. */
+    ssize_t n;
+    if (iovcnt == 1) {
+        do
+            n = send(c->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+        while (n < 0 && errno == EINTR);
+        return n < 0 ? -errno : n;
+    }
     struct msghdr msg = {0};
     msg.msg_iov = (struct iovec *)iov;
     msg.msg_iovlen = (size_t)iovcnt;
-    ssize_t n;
     do
         n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
