@@ -238,6 +238,34 @@ def test_send_and_close_from_on_open(ws_server, close):
     assert [e[0] for e in rec.events][:2] == ["connect", "open"]
 
 
+def test_a_websocket_kept_after_its_server_is_gone():
+    """The WebSocket object outlives its connection and its Server: its
+    methods then say it is closed, and never touch the freed server (once,
+    close() read it; ASan saw the use after free)."""
+    import gc
+
+    from conftest import LiveServer, wait_accepting
+    rec = Recorder()
+    live = LiveServer(yimmo.Server(lambda ex: ex.respond(200), port=0, websocket={"/ws": rec}))
+    live.thread.start()
+    wait_accepting(live)
+    with connect("ws://%s:%d/ws" % (live.host, live.port)) as c:
+        c.send("hi")
+        assert c.recv(timeout=IO_TIMEOUT) == "hi"
+    rec.wait_closes(1)
+    live.stop_and_wait()
+    ws = rec.sockets[0]
+    del live
+    gc.collect()
+    assert ws.closed
+    assert ws.close() is None and ws.close(1001, "bye") is None
+    with pytest.raises(ConnectionError, match="closed"):
+        ws.send("late")
+    with pytest.raises(ConnectionError, match="closed"):
+        ws.ping()
+    assert ws.path == "/ws"
+
+
 def test_echo_text_and_binary(ws_server):
     rec = Recorder()
     live, url = ws_server(rec)

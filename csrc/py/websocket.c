@@ -130,10 +130,13 @@ static PyType_Spec msg_spec = {
 /* --- WebSocket ------------------------------------------------------------ */
 
 /* The connection is the loop thread's: another thread touching it would
- * race the loop, which runs without the GIL. */
+ * race the loop, which runs without the GIL. Once closed, there is neither
+ * (the server may be gone). */
 static int ws_on_loop(YmoWebSocketObject *ws)
 {
     YmoServerObject *srv = ws->server;
+    if (ws->conn == NULL)
+        return 0;
     if (srv->phase == 1 && !pthread_equal(pthread_self(), srv->loop_thread)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "a WebSocket is used on the server's loop thread only: in its "
