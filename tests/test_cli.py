@@ -502,6 +502,16 @@ def test_script_name_and_forwarded_scheme(server):
     assert y.get("/elsewhere")[2] == b"/app|/elsewhere|http"
 
 
+def test_the_worker_stays_at_its_connection_limit(server):
+    """--worker-connections 1: the worker stops accepting while its one
+    connection is open; once, its loop then had nothing left to watch, and
+    the worker exited instead of answering."""
+    y = server("--worker-connections", "1", "hello:app")
+    pids = {y.get("/")[1]["X-Pid"] for _ in range(4)}
+    assert len(pids) == 1
+    assert "Worker exiting" not in y.stderr
+
+
 def test_forwarded_allow_ips_none_trusted(server):
     y = server("--forwarded-allow-ips", "10.0.0.0/8", "hello:describe")
     assert y.get("/x", headers={"X-Forwarded-Proto": "https"})[2] == b"|/x|http"

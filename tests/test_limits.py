@@ -26,6 +26,41 @@ def test_connections_beyond_the_limit_wait_then_are_served(server):
         b.close()
 
 
+@pytest.mark.parametrize("wsgi", [False, True], ids=["native", "wsgi"])
+@pytest.mark.parametrize("limit", [1, 3])
+def test_every_connection_waiting_at_the_limit_is_still_served(server, limit, wsgi):
+    """At max_connections the listeners pause. When every open connection
+    then has a request waiting for the next dispatch, the loop watched
+    nothing else: run() returned and the requests went unanswered (under
+    yimmo-wsgi --worker-connections the worker exited)."""
+    import yimmo
+    from conftest import LiveServer, stop_servers, wait_accepting
+    if wsgi:
+        # As the arbiter runs it: a heartbeat on the loop.
+        live = LiveServer(yimmo.WSGIServer(lambda e, sr: (sr("200 OK", []), [b"ok"])[1],
+                                           port=0, max_connections=limit,
+                                           on_tick=lambda: None, tick_interval=0.05))
+        live.thread.start()
+        wait_accepting(live)
+    else:
+        live = server(lambda ex: ex.respond(200, [], b"ok"), max_connections=limit)
+    try:
+        for _ in range(2):  # new connections each round, the last ones closed
+            conns = [live.connect() for _ in range(limit)]
+            for _ in range(3):  # keep-alive rounds, all requests sent at once
+                for c in conns:
+                    c.send(get_request("/"))
+                for c in conns:
+                    resp = c.read_response()
+                    assert resp.status == 200 and resp.body == b"ok"
+            for c in conns:
+                c.close()
+        assert not live.returned.is_set(), "run() returned while serving"
+    finally:
+        if wsgi:
+            stop_servers([live])
+
+
 def test_max_connections_is_checked(server):
     import yimmo
     with pytest.raises(ValueError, match="max_connections"):

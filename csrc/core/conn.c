@@ -206,6 +206,7 @@ void ymo__conn_dirty(ymo_conn_t *c)
     c->flags |= YMO_CONN_DIRTY;
     c->next_dirty = s->dirty;
     s->dirty = c;
+    ymo__server_keep_polling(s);
 }
 
 void ymo_conn_release_input(ymo_conn_t *c)

@@ -50,6 +50,7 @@ void ymo__log(ymo_server_t *s, int level, const char *fmt, ...)
 
 /* A connection closed: accept again if max_connections paused it. */
 void ymo__server_conn_closed(ymo_server_t *s);
+void ymo__server_keep_polling(ymo_server_t *s);
 
 /* The server has been asked to stop and c has nothing in flight: close it. */
 void ymo__server_conn_idle(ymo_server_t *s, ymo_conn_t *c);

@@ -129,6 +129,18 @@ void ymo_conn_make_ready(ymo_conn_t *c)
     c->next_ready = NULL;
     *s->ready_tail = c;
     s->ready_tail = &c->next_ready;
+    ymo__server_keep_polling(s);
+}
+
+/* Work is queued for the next prepare phase: the idle watcher keeps the
+ * poll from blocking, and keeps ev_run from returning before then. A
+ * connection waiting on the ready list reads nothing (its watchers are
+ * stopped); with the listeners paused (max_connections) or closed (a
+ * graceful stop), it would otherwise leave the loop with nothing active. */
+void ymo__server_keep_polling(ymo_server_t *s)
+{
+    if (!ev_is_active(&s->idle))
+        ev_idle_start(s->loop, &s->idle);
 }
 
 void ymo_server_run_ready(ymo_server_t *s)
