@@ -130,14 +130,32 @@ def test_100_continue_is_sent_on_first_read_call(server):
 
 @pytest.mark.parametrize("status", [413, 401])
 def test_no_100_continue_when_handler_answers_without_reading(server, status):
+    """On worker threads the handler decides before the body is sent."""
     calls = []
-    live = server(lambda ex: (calls.append(ex.path), ex.respond(status, [], b"no")))
+    live = server(lambda ex: (calls.append(ex.path), ex.respond(status, [], b"no")), threads=2)
     with RawConn(live.address) as c:
         c.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n"
                b"Expect: 100-continue\r\n\r\n")
         resp = c.read_response()
     assert resp.status == status, "first response must be the final one, got %d" % resp.status
     assert calls == ["/upload"]
+
+
+def test_100_continue_at_once_when_handlers_run_on_the_loop(server):
+    """On the loop thread a handler must never wait for the network: the
+    body is read first, so 100 Continue goes out at once, and a client that
+    then sends nothing holds only its own connection."""
+    calls = []
+    live = server(lambda ex: (calls.append(ex.path), ex.respond(200, [], ex.body)))
+    with RawConn(live.address) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+               b"Expect: 100-continue\r\n\r\n")
+        assert c.read_head().status == 100
+        assert live.get("/other")[0].status == 200      # the loop is free
+        assert calls == ["/other"]
+        c.send(b"hello")
+        final = c.read_response()
+    assert (final.status, final.body) == (200, b"hello")
 
 
 def test_no_100_continue_without_expect(server):

@@ -18,7 +18,8 @@ import pytest
 
 import yimmo
 import yimmo.wsgi
-from conftest import IO_TIMEOUT, RawConn, get_request, parse_responses, raw_request, wait_for
+from conftest import (IO_TIMEOUT, RawConn, get_request, open_fds, parse_responses, raw_request,
+                      wait_for)
 from wsgi_conftest import STRICT_WARNINGS, wsgi_server  # noqa: F401  (fixture)
 
 pytestmark = STRICT_WARNINGS
@@ -425,6 +426,8 @@ def test_input_long_lines_across_buffer_refills(wsgi_server):
         assert (resp.status, resp.body) == (200, b"same")
 
 
+# On the loop thread a body is read before the app runs (see below).
+@pytest.mark.parametrize("wsgi_server", [2], indirect=True, ids=["threads"])
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_input_streams_the_body_as_it_arrives(wsgi_server, framing):
     """The app reads the first bytes while the client still holds the rest."""
@@ -456,6 +459,85 @@ def test_input_streams_the_body_as_it_arrives(wsgi_server, framing):
     assert (resp.status, resp.body) == (200, b"%d 0123456789" % total)
 
 
+@pytest.mark.parametrize("wsgi_server", [0], indirect=True, ids=["loop"])
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_on_the_loop_a_slow_upload_does_not_hold_other_clients(wsgi_server, framing):
+    """With the app on the loop thread (threads=0, the default), waiting in
+    wsgi.input for a slow client would stop every other client (once, for
+    up to the body timeout). The body is read first, the part beyond
+    body_buffer_size spooled to a temporary file, and the app then reads
+    all of it, whole and in order."""
+    got = []
+
+    def app(environ, start_response):
+        inp = environ["wsgi.input"]
+        if environ["PATH_INFO"] == "/other":
+            return text(start_response, b"other")
+        first = inp.readline()
+        data = first + inp.read(1000) + b"".join(iter(lambda: inp.read(65536), b""))
+        got.append(data)
+        return text(start_response, b"%d" % len(data))
+
+    total = 300 * KiB
+    body = b"first line\n" + os.urandom(total - 11)
+    live = wsgi_server(app, body_buffer_size=16 * KiB)
+    fds = open_fds()
+    wire = chunked(body, 7000) if framing == "chunked" else body
+    framing_header = (("Transfer-Encoding", "chunked") if framing == "chunked"
+                      else ("Content-Length", str(total)))
+    with RawConn(live.address) as c:
+        c.send(request("/", "POST", [framing_header]) + wire[:100 * KiB])
+        # The upload stalls part way: others are served meanwhile.
+        for _ in range(3):
+            assert live.request("GET", "/other")[1] == b"other"
+        assert got == []
+        c.send(wire[100 * KiB:])
+        resp = c.read_response()
+    assert (resp.status, resp.body) == (200, b"%d" % total)
+    assert got == [body]
+    # The spool file is closed with its exchange.
+    assert wait_for(lambda: open_fds() <= fds), (open_fds(), fds)
+
+
+@pytest.mark.parametrize("wsgi_server", [0], indirect=True, ids=["loop"])
+def test_on_the_loop_a_body_that_cannot_be_spooled_is_503(wsgi_server, monkeypatch, tmp_path):
+    """The spool lives in $TMPDIR: when it cannot be written the client is
+    told (503), the error is logged, and the server goes on."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
+    live = wsgi_server(input_app(lambda i: i.read(100)), body_buffer_size=4 * KiB,
+                       expect_errors=True)
+    with RawConn(live.address) as c:
+        # Part of it: more than the buffer arrived, the rest is to come.
+        c.send(request("/", "POST", [("Content-Length", str(64 * KiB))]) + b"x" * (16 * KiB))
+        resp = c.read_response()
+        assert resp.status == 503 and b"could not store the request body" in resp.body
+    assert any("spooling a request body" in r.getMessage() for r in live.wait_errors(1))
+    assert live.request("GET", "/")[0].status == 200
+
+
+@pytest.mark.parametrize("wsgi_server", [0], indirect=True, ids=["loop"])
+def test_on_the_loop_expect_100_continue_is_answered_at_once(wsgi_server):
+    """On the loop thread the body is read before the app runs, so 100
+    Continue goes out once the head is read (RFC 9110 10.1.1 lets a server
+    send it before the application decides); a client that then sends
+    nothing holds its own connection only, and gets 408 in time."""
+    live = wsgi_server(input_app(lambda i: i.read(100)), body_timeout=0.5)
+    expect = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    with RawConn(live.address) as c:
+        c.send(expect)
+        assert c.read_head().status == 100
+        assert live.request("GET", "/")[0].status == 200
+        c.send(b"hello")
+        resp = c.read_response()
+        assert (resp.status, resp.body) == (200, repr(b"hello").encode())
+    with RawConn(live.address) as c:
+        c.send(expect)
+        assert c.read_head().status == 100
+        assert c.read_response().status == 408
+
+
+# On the loop thread a body is read before the app runs (see below).
+@pytest.mark.parametrize("wsgi_server", [2], indirect=True, ids=["threads"])
 def test_expect_100_continue_is_sent_on_the_first_read(wsgi_server):
     entered, go = threading.Event(), threading.Event()
 
@@ -482,6 +564,8 @@ def test_expect_100_continue_is_sent_on_the_first_read(wsgi_server):
         assert (resp.status, resp.body) == (200, b"hello")
 
 
+# On the loop thread a body is read before the app runs (see below).
+@pytest.mark.parametrize("wsgi_server", [2], indirect=True, ids=["threads"])
 def test_no_100_continue_when_the_app_never_reads(wsgi_server):
     live = wsgi_server(lambda e, s: text(s, b"no thanks", "417 Expectation Failed"))
     with RawConn(live.address) as c:
@@ -1293,6 +1377,8 @@ def test_access_log_counts_body_bytes_sent_not_given(wsgi_server, method, status
     assert entries[0][3] == logged
 
 
+# On the loop thread a body is read before the app runs (see below).
+@pytest.mark.parametrize("wsgi_server", [2], indirect=True, ids=["threads"])
 @pytest.mark.parametrize("case", ["bad chunk", "body timeout"])
 def test_a_bad_body_after_the_response_started_closes_without_a_second_status(wsgi_server, case):
     """The app answered before reading (write(), then wsgi.input): a 400 or
@@ -1324,6 +1410,8 @@ def test_a_bad_body_after_the_response_started_closes_without_a_second_status(ws
     assert wait_for(lambda: seen) and isinstance(seen[0], OSError)
 
 
+# On the loop thread a body is read before the app runs (see below).
+@pytest.mark.parametrize("wsgi_server", [2], indirect=True, ids=["threads"])
 def test_client_reset_mid_upload_raises_in_the_app_and_is_not_an_error(wsgi_server):
     seen = []
 

@@ -3,6 +3,8 @@
  * last byte of its response, pipelining, keep-alive and error answers.
  */
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +44,11 @@ typedef struct {
     void *exchange;
     const ymo_proto_t *upgrade;     /* the protocol to switch to, after this exchange */
     void *upgrade_data;
+    /* A body spooled to a temporary file (handlers on the loop thread):
+     * spool_len bytes, read back from spool_pos through spool_buf. */
+    int spool_fd;
+    uint64_t spool_len, spool_pos;
+    char *spool_buf;
 } session_t;
 
 #define SESSION(c) ((session_t *)(c)->proto_data)
@@ -153,6 +160,88 @@ static int read_body(ymo_conn_t *c, session_t *ss)
     }
 }
 
+/* --- Spooled bodies -------------------------------------------------------
+ *
+ * A handler on the loop thread must never wait for the network: while it
+ * runs, nothing else is served. So when handlers run there (no worker
+ * threads), a body is read in full before the handler is called, and one
+ * larger than body_buffer_max goes to an unlinked temporary file in
+ * $TMPDIR (or /tmp) as it is decoded: a slow upload costs a descriptor
+ * and disk, not the loop, and a large one not its size in memory. */
+
+#define SPOOL_CHUNK 65536
+
+static int handlers_on_loop(const ymo_server_t *s)
+{
+    return s->hooks.submit == NULL;
+}
+
+static int spool_open(void)
+{
+    const char *dir = getenv("TMPDIR");
+    if (dir == NULL || dir[0] == '\0')
+        dir = "/tmp";
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
+        return fd < 0 ? -errno : fd;
+    /* A file system without O_TMPFILE: a named file, unlinked at once. */
+    char path[4096];
+    if (snprintf(path, sizeof(path), "%s/yimmo-body-XXXXXX", dir) >= (int)sizeof(path))
+        return -ENAMETOOLONG;
+    fd = mkostemp(path, O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    unlink(path);
+    return fd;
+}
+
+static void spool_end(session_t *ss)
+{
+    if (ss->spool_fd >= 0)
+        close(ss->spool_fd);
+    ss->spool_fd = -1;
+    ss->spool_len = ss->spool_pos = 0;
+    free(ss->spool_buf);
+    ss->spool_buf = NULL;
+}
+
+/* Move the body decoded so far to the spool file, and its room back to
+ * the input buffer. 0, or -errno. */
+static int spill(ymo_conn_t *c, session_t *ss)
+{
+    if (ss->spool_fd < 0 && (ss->spool_fd = spool_open()) < 0) {
+        int e = ss->spool_fd;
+        ss->spool_fd = -1;
+        return e;
+    }
+    char *base = c->in.data + ss->rstart;
+    size_t head = ss->parser.head_len;
+    for (size_t off = head; off < ss->body_end;) {
+        ssize_t n = write(ss->spool_fd, base + off, ss->body_end - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        off += (size_t)n;
+        ss->spool_len += (uint64_t)n;
+    }
+    size_t rest = c->in.len - ss->rstart - ss->scan;
+    memmove(base + head, base + ss->scan, rest);
+    c->in.len = ss->rstart + head + rest;
+    ss->scan = ss->body_end = ss->body_rpos = head;
+    return 0;
+}
+
+/* RFC 9110 10.1.1: with handlers on the loop, 100 Continue goes out as
+ * soon as the head is read, since the body is read before the handler. */
+static int continue_now(ymo_conn_t *c, session_t *ss)
+{
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    ss->flags |= SF_CONTINUE_SENT;
+    int r = ymo_outq_copy(&c->out, cont, sizeof(cont) - 1);
+    return r < 0 ? r : ymo_conn_flush(c);
+}
+
 static int expects_body(const ymo_http_parser_t *p)
 {
     return (p->flags & YMO_HTTP_F_CHUNKED)
@@ -232,17 +321,22 @@ static void process(ymo_conn_t *c)
                 ss->state = S_READY;
                 continue;
             }
-            if ((ss->parser.flags & YMO_HTTP_F_EXPECT_CONTINUE)
-                || ((ss->parser.flags & YMO_HTTP_F_CONTENT_LENGTH)
-                    && ss->parser.content_length > s->cfg.body_buffer_max)) {
+            int large = (ss->parser.flags & YMO_HTTP_F_CONTENT_LENGTH)
+                        && ss->parser.content_length > s->cfg.body_buffer_max;
+            if (!handlers_on_loop(s)
+                && ((ss->parser.flags & YMO_HTTP_F_EXPECT_CONTINUE) || large)) {
                 /* RFC 9110 10.1.1: the handler decides first; 100
                  * Continue goes out when it asks for the body. A body
-                 * larger than the buffer streams to the handler as it
-                 * reads. */
+                 * larger than the buffer streams to the handler (on its
+                 * worker thread) as it reads. */
                 ss->state = S_READY;
                 continue;
             }
-            if (ss->parser.flags & YMO_HTTP_F_CONTENT_LENGTH) {
+            if ((ss->parser.flags & YMO_HTTP_F_EXPECT_CONTINUE) && continue_now(c, ss) < 0) {
+                ymo_conn_close(c);
+                return;
+            }
+            if ((ss->parser.flags & YMO_HTTP_F_CONTENT_LENGTH) && !large) {
                 size_t want = ss->parser.head_len + (size_t)ss->parser.content_length;
                 if (c->in.len - ss->rstart < want) {
                     compact(c, ss);
@@ -258,11 +352,21 @@ static void process(ymo_conn_t *c)
         case S_BODY:
             r = read_body(c, ss);
             if (r == YMO_AGAIN && ss->body_end - ss->parser.head_len > s->cfg.body_buffer_max) {
-                /* A chunked body outgrew the buffer: what is decoded so
-                 * far was checked; the handler streams the rest. Smaller
-                 * ones are read (and refused, if malformed) first. */
-                ss->state = S_READY;
-                continue;
+                if (!handlers_on_loop(s)) {
+                    /* A chunked body outgrew the buffer: what is decoded
+                     * so far was checked; the handler streams the rest.
+                     * Smaller ones are read (and refused, if malformed)
+                     * first. */
+                    ss->state = S_READY;
+                    continue;
+                }
+                r = spill(c, ss);
+                if (r < 0) {
+                    ymo__log(s, YMO_LOG_ERROR, "spooling a request body: %s", ymo_strerror(r));
+                    ymo_http_respond_error(c, 503, "could not store the request body");
+                    return;
+                }
+                r = YMO_AGAIN;
             }
             if (r == YMO_AGAIN) {
                 if (c->flags & YMO_CONN_EOF) {
@@ -276,6 +380,11 @@ static void process(ymo_conn_t *c)
             }
             if (r < 0) {
                 parse_failed(c, r);
+                return;
+            }
+            if (ss->spool_fd >= 0 && (r = spill(c, ss)) < 0) {
+                ymo__log(s, YMO_LOG_ERROR, "spooling a request body: %s", ymo_strerror(r));
+                ymo_http_respond_error(c, 503, "could not store the request body");
                 return;
             }
             ss->flags |= SF_BODY_DONE;
@@ -316,6 +425,7 @@ static int exchange_done(ymo_conn_t *c, session_t *ss)
 {
     ymo_http_response_t *resp = &ss->resp;
     ss->exchange = NULL;
+    spool_end(ss);
     if (ss->state == S_RUNNING && ss->upgrade != NULL && (c->flags & YMO_CONN_CLOSED) == 0) {
         switch_protocol(c, ss);
         return 1;
@@ -511,6 +621,7 @@ static void on_free(ymo_conn_t *c)
     if (ss == NULL)
         return;
     ymo__server_headers_put(c->server, ss->headers);
+    spool_end(ss);
     const ymo_proto_t *up = ss->upgrade;
     void *up_data = ss->upgrade_data;
     free(ss);
@@ -542,6 +653,7 @@ int ymo__http_attach(ymo_conn_t *c)
     c->proto = &ymo__http_proto;
     c->proto_data = ss;
     ss->state = S_IDLE;
+    ss->spool_fd = -1;
     ymo_conn_read_start(c);
     ymo_conn_timer(c, c->server->cfg.header_timeout);
     return 0;
@@ -559,6 +671,8 @@ const ymo_http_parser_t *ymo_http_request(ymo_conn_t *c, const char **base)
 int ymo_http_body(ymo_conn_t *c, const char **data, size_t *len)
 {
     session_t *ss = SESSION(c);
+    if (ss->spool_fd >= 0)
+        return YMO_E_STATE;     /* in a file: ymo_http_body_stream reads it */
     if (!(ss->flags & SF_BODY_DONE))
         return YMO_AGAIN;
     *data = c->in.data + ss->rstart + ss->parser.head_len;
@@ -637,11 +751,35 @@ int ymo_http_body_wait(ymo_conn_t *c)
     }
 }
 
+/* The next piece of a spooled body, read back into spool_buf. */
+static ssize_t spool_read(session_t *ss, const char **data, size_t max)
+{
+    uint64_t left = ss->spool_len - ss->spool_pos;
+    size_t n = max < SPOOL_CHUNK ? max : SPOOL_CHUNK;
+    if (left < n)
+        n = (size_t)left;
+    if (n == 0)
+        return 0;
+    if (ss->spool_buf == NULL && (ss->spool_buf = malloc(SPOOL_CHUNK)) == NULL)
+        return YMO_E_NOMEM;
+    ssize_t r;
+    do
+        r = pread(ss->spool_fd, ss->spool_buf, n, (off_t)ss->spool_pos);
+    while (r < 0 && errno == EINTR);
+    if (r <= 0)
+        return r < 0 ? -errno : -EIO;
+    ss->spool_pos += (uint64_t)r;
+    *data = ss->spool_buf;
+    return r;
+}
+
 ssize_t ymo_http_body_stream(ymo_conn_t *c, const char **data, size_t max)
 {
     session_t *ss = SESSION(c);
     if (ss->state != S_RUNNING || (c->flags & YMO_CONN_CLOSED))
         return YMO_E_STATE;
+    if (ss->spool_fd >= 0)
+        return spool_read(ss, data, max);
     for (;;) {
         if (ss->body_rpos < ss->body_end) {
             size_t n = ss->body_end - ss->body_rpos;
@@ -672,6 +810,11 @@ ssize_t ymo_http_body_stream(ymo_conn_t *c, const char **data, size_t max)
 void ymo_http_body_unread(ymo_conn_t *c, size_t n)
 {
     session_t *ss = SESSION(c);
+    if (ss->spool_fd >= 0) {
+        if (n <= ss->spool_pos)
+            ss->spool_pos -= n;
+        return;
+    }
     if (n <= ss->body_rpos - ss->parser.head_len)
         ss->body_rpos -= n;
 }

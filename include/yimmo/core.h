@@ -245,7 +245,9 @@ typedef struct {
     size_t read_size;           /* bytes per read() */
     uint64_t body_buffer_max;   /* bodies up to this are read before the
                                    handler runs; larger and chunked ones are
-                                   streamed to it */
+                                   streamed to it on a worker thread, and
+                                   spooled to a file first for handlers on
+                                   the loop */
     size_t output_high_water;   /* stop reading while more is queued */
     int backlog;
     int max_accept;             /* accepts per wakeup */

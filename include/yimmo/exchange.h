@@ -31,8 +31,9 @@ typedef struct {
 /* The parsed request head on c; spans are relative to *base. */
 const ymo_http_parser_t *ymo_http_request(ymo_conn_t *c, const char **base);
 
-/* The body: YMO_OK with the whole decoded body, or YMO_AGAIN when the
- * request waits for 100-continue and its body has not been read yet. */
+/* The body: YMO_OK with the whole decoded body, YMO_AGAIN when the
+ * request waits for 100-continue and its body has not been read yet, or
+ * YMO_E_STATE for a body spooled to a file (ymo_http_body_stream reads it). */
 int ymo_http_body(ymo_conn_t *c, const char **data, size_t *len);
 
 /* Send 100 Continue if the client expects it, then read until the body is
@@ -45,7 +46,9 @@ int ymo_http_body_wait(ymo_conn_t *c);
  * call). Returns the count, 0 at the end of the body, or an error (the
  * connection has then been answered or closed). Sends 100 Continue and
  * blocks on this connection like ymo_http_body_wait() when nothing is
- * buffered. */
+ * buffered. With handlers on the loop thread (no submit hook) the body was
+ * read before the handler ran, beyond body_buffer_max into a spool file:
+ * this then never waits on the network. */
 ssize_t ymo_http_body_stream(ymo_conn_t *c, const char **data, size_t max);
 
 /* Give back the last n bytes ymo_http_body_stream() handed out. */
