@@ -213,3 +213,28 @@ def test_stop_with_a_peer_that_never_answers_the_close(wsgi_server):  # noqa: F8
         assert read_frame(c) == (1, 0, CLOSE, struct.pack("!H", 1001) + b"server shutting down")
         assert wait_for(lambda: len(ended) == 2, 15) and ended == [None, 1006]
         assert 4 < time.monotonic() - t0 < 8
+
+
+def test_send_to_a_client_that_never_reads_gives_up_after_the_send_timeout(wsgi_server):  # noqa: F811
+    """A send() the client does not read fails after send_timeout without
+    progress, like an HTTP response, and the connection closes: the thread
+    is not held until ws_idle_timeout (300 s by default)."""
+    outcome = []
+
+    def flood(ws):
+        started = time.monotonic()
+        try:
+            for _ in range(100000):
+                ws.send(b"y" * 65536)
+            outcome.append("sent everything")
+        except ConnectionError as e:
+            outcome.append((time.monotonic() - started, str(e)))
+
+    live, url = serve_live(wsgi_server, flood, send_timeout=0.5, ws_idle_timeout=60)
+    with RawConn(live.address, rcvbuf=4096) as c:
+        c.send(upgrade_request("/"))
+        assert c.read_head().status == 101
+        assert wait_for(lambda: outcome, timeout=IO_TIMEOUT), "send() never gave up"
+        elapsed, message = outcome[0]
+        assert elapsed < 10 and "timed out" in message, outcome
+    assert live.request("GET", "/")[1] == b"plain\n"      # the thread serves again

@@ -706,6 +706,17 @@ const ymo_proto_t ymo__ws_proto = {
  * same session by hand: parse what is buffered, wait for more with poll,
  * write with blocking flushes. */
 
+/* Write what is queued, giving up as HTTP responses do: after the send
+ * timeout without progress the peer is not reading, and the connection
+ * closes (the handler's thread is not held for the idle timeout). */
+static int sync_flush(ymo_conn_t *c)
+{
+    int r = ymo_conn_flush_sync(c, c->server->cfg.send_timeout);
+    if (r == YMO_E_TIMEOUT)
+        ymo_conn_close(c);
+    return r;
+}
+
 int ymo_ws_sync_accept(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subprotocol,
                        size_t sp_len, const ymo_ws_config_t *cfg, ymo_ws_t **out)
 {
@@ -720,7 +731,7 @@ int ymo_ws_sync_accept(ymo_conn_t *c, const ymo_ws_request_t *req, const char *s
     ymo_http_response_t *resp = ymo_http_response(c);
     resp->status = 101;
     resp->flags |= YMO_RESP_STARTED | YMO_RESP_HEAD_DONE | YMO_RESP_FINISHED | YMO_RESP_CLOSE;
-    r = ymo_conn_flush_sync(c, cfg->idle_timeout);
+    r = sync_flush(c);
     if (r < 0) {
         ymo_ws_sync_free(*out);
         *out = NULL;
@@ -753,7 +764,7 @@ int ymo_ws_sync_recv(ymo_conn_t *c, ymo_ws_t *ws, int *opcode, uint8_t **data, s
             return 0;
         }
         /* Pongs and close replies go out before waiting. */
-        int r = ymo_conn_flush_sync(c, ws->cfg.idle_timeout);
+        int r = sync_flush(c);
         if (ws->flags & (WF_CLOSE_PENDING | WF_NOTIFIED)) {
             ws->flags &= ~WF_CLOSE_PENDING;
             ws->flags |= WF_NOTIFIED;
@@ -818,9 +829,7 @@ int ymo_ws_sync_recv(ymo_conn_t *c, ymo_ws_t *ws, int *opcode, uint8_t **data, s
 int ymo_ws_sync_send(ymo_conn_t *c, ymo_ws_t *ws, int opcode, const void *data, size_t len, int fin)
 {
     int r = send_msg(c, ws, opcode, data, len, fin, NULL);
-    if (r == 0)
-        r = ymo_conn_flush_sync(c, ws->cfg.idle_timeout);
-    return r;
+    return r < 0 ? r : sync_flush(c);
 }
 
 int ymo_ws_sync_ping(ymo_conn_t *c, ymo_ws_t *ws, const void *data, size_t len)
@@ -828,13 +837,13 @@ int ymo_ws_sync_ping(ymo_conn_t *c, ymo_ws_t *ws, const void *data, size_t len)
     if (ws->flags & WF_CLOSE_SENT)
         return YMO_E_CLOSED;
     int r = send_frame(c, 1, 0, YMO_WS_PING, data, len, NULL);
-    return r < 0 ? r : ymo_conn_flush_sync(c, ws->cfg.idle_timeout);
+    return r < 0 ? r : sync_flush(c);
 }
 
 int ymo_ws_sync_close(ymo_conn_t *c, ymo_ws_t *ws, int code, const char *reason, size_t len)
 {
     queue_close(c, ws, code, reason, len);
-    int r = ymo_conn_flush_sync(c, ws->cfg.idle_timeout);
+    int r = sync_flush(c);
     /* Wait briefly for the peer's close (RFC 6455 7.1.1: the server closes
      * the TCP connection first once both close frames are exchanged). */
     for (int i = 0; r == 0 && i < 16 && !(ws->flags & WF_CLOSE_RECEIVED)
