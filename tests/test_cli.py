@@ -512,6 +512,26 @@ def test_the_worker_stays_at_its_connection_limit(server):
     assert "Worker exiting" not in y.stderr
 
 
+def test_out_of_descriptors_is_logged_once_and_recovers(server):
+    """At RLIMIT_NOFILE the worker stops accepting for 100 ms at a time
+    (no spinning); the error is logged once per shortage, not ten times a
+    second, and new connections are served once descriptors are free."""
+    y = server("hello:app", nofile=64)
+    held = []
+    try:
+        for _ in range(80):     # past the worker's limit; the rest wait in the backlog
+            held.append(socket.create_connection((y.host, y.port), timeout=5))
+        y.wait_log(r"\[ERROR\] accept: Too many open files; retrying every 100 ms")
+        # Several retries later, still one ERROR line.
+        y.wait_log(r"\[DEBUG\] accept: Too many open files", count=3)
+        assert len(y.matches(re.compile(r"\[ERROR\] accept:"))) == 1, y.stderr
+    finally:
+        for s in held:
+            s.close()
+    y.wait_log(r"accept: descriptors available again")
+    assert y.get("/")[0] == 200
+
+
 def test_forwarded_allow_ips_none_trusted(server):
     y = server("--forwarded-allow-ips", "10.0.0.0/8", "hello:describe")
     assert y.get("/x", headers={"X-Forwarded-Proto": "https"})[2] == b"|/x|http"

@@ -20,6 +20,7 @@
 struct ymo_listener_s {
     ev_io io;
     ev_timer retry;             /* accept paused after EMFILE */
+    int starved;                /* EMFILE logged; quiet until an accept works */
     int fd;
     struct sockaddr_storage addr;   /* what getsockname() said */
     unsigned flags;                 /* enum ymo_listen_flags */
@@ -245,8 +246,12 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
                 continue;
             if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
                 /* Out of descriptors: leave new connections in the backlog
-                 * for a moment instead of spinning on the listener. */
-                ymo__log(s, YMO_LOG_ERROR, "accept: %s; pausing for 100 ms", strerror(e));
+                 * for a moment instead of spinning on the listener. Said
+                 * once per shortage, not ten times a second. */
+                ymo__log(s, l->starved ? YMO_LOG_DEBUG : YMO_LOG_ERROR,
+                         "accept: %s; retrying every 100 ms",
+                         strerror(e));
+                l->starved = 1;
                 ev_io_stop(loop, &l->io);
                 ev_timer_set(&l->retry, 0.1, 0.);
                 ev_timer_start(loop, &l->retry);
@@ -254,6 +259,10 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             }
             ymo__log(s, YMO_LOG_ERROR, "accept: %s", strerror(e));
             return;
+        }
+        if (l->starved) {
+            l->starved = 0;
+            ymo__log(s, YMO_LOG_INFO, "accept: descriptors available again");
         }
         if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
             int one = 1;

@@ -8,6 +8,7 @@ are ever signalled.
 import http.client
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -112,16 +113,22 @@ def pid_gone(pid):
 class Yimmo:
     """A `python -m yimmo` manager process and its log."""
 
-    def __init__(self, *args, env=None, cwd=APPS, bind="127.0.0.1:0", pass_fds=(), debug=True):
+    def __init__(self, *args, env=None, cwd=APPS, bind="127.0.0.1:0", pass_fds=(), debug=True,
+                 nofile=None):
         argv = list(args)
         if bind is not None:
             argv = ["-b", bind] + argv
         if debug:
             argv = ["--log-level", "debug"] + argv
         self.argv = argv
+        limit = None
+        if nofile is not None:  # RLIMIT_NOFILE of the manager and its workers
+            def limit():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen([sys.executable, "-m", "yimmo", *argv], cwd=str(cwd),
                                      env=clean_env(env), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, pass_fds=pass_fds)
+                                     stderr=subprocess.PIPE, text=True, pass_fds=pass_fds,
+                                     preexec_fn=limit)
         self.err_lines, self.out_lines = [], []
         self.cond = threading.Condition()
         self.readers = [threading.Thread(target=self._read, args=(self.proc.stderr, self.err_lines), daemon=True),
