@@ -97,6 +97,7 @@ ymo_http_header_t *ymo__server_headers_get(ymo_server_t *s)
     ymo_http_header_t *h = s->free_headers;
     if (h != NULL) {
         s->free_headers = *(ymo_http_header_t **)h;
+        s->nfree_headers--;
         return h;
     }
     size_t n = s->cfg.http.max_headers ? s->cfg.http.max_headers : 1;
@@ -110,12 +111,17 @@ void ymo__server_headers_put(ymo_server_t *s, ymo_http_header_t *h)
 {
     if (h == NULL)
         return;
-#ifdef YMO_DEBUG
-    free(h);
-#else
-    *(ymo_http_header_t **)h = s->free_headers;
-    s->free_headers = h;
+#ifndef YMO_DEBUG
+    /* As many as connections are kept (256): a burst of requests does not
+     * leave its peak's arrays behind for good. */
+    if (s->nfree_headers < 256) {
+        *(ymo_http_header_t **)h = s->free_headers;
+        s->free_headers = h;
+        s->nfree_headers++;
+        return;
+    }
 #endif
+    free(h);
 }
 
 /* --- Ready list ---------------------------------------------------------- */

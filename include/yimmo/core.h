@@ -299,6 +299,7 @@ struct ymo_server_s {
     int freeing;                    /* ymo_server_free: nothing waits any more */
 
     ymo_http_header_t *free_headers;/* freelist of header arrays */
+    uint32_t nfree_headers;         /* ... this many, at most 256 */
     ymo_buf_t spare_bufs[16];       /* input buffers of idle connections */
     uint32_t nspare_bufs;
     ymo_outq_t spare_outqs[16];     /* output queue storage of idle connections */
