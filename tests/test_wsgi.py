@@ -817,6 +817,31 @@ def test_start_response_with_exc_info_before_the_head_replaces_it(wsgi_server):
     assert resp.getheader("X-Second") == "1" and resp.getheader("X-First") is None
 
 
+@pytest.mark.parametrize("exc_info", [(None, None, None), (1, 2, 3), (int, 5, "tb"),
+                                      (ValueError, KeyError("k"), None), "not a tuple"])
+def test_start_response_with_an_exc_info_that_is_no_exception_raises_type_error(wsgi_server,
+                                                                               exc_info):
+    """sys.exc_info() outside an except block is (None, None, None): after
+    the head, start_response once re-raised whatever it was given, and the
+    process died (a refcount of None broken; SIGSEGV at exit)."""
+    seen = []
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"x")
+        try:
+            start_response("500 Oops", [("Content-Type", "text/plain")], exc_info)
+        except TypeError as e:
+            seen.append(str(e))
+        return [b"y"]
+
+    live = wsgi_server(app, validate=False)
+    with RawConn(live.address) as c:
+        c.send(get_request("/"))
+        assert c.read_response().body == b"xy"
+    assert seen == ["exc_info must be the sys.exc_info() of an exception being handled"]
+
+
 def test_start_response_with_exc_info_after_the_head_reraises(wsgi_server):
     seen = {}
 

@@ -248,14 +248,20 @@ static PyObject *start_response(YmoWSGIRequestObject *rq, PyObject *status, PyOb
     if (exc_info != Py_None) {
         if (rq->head_sent) {
             /* PEP 3333: too late to change the response; re-raise. */
-            if (!PyTuple_Check(exc_info) || PyTuple_GET_SIZE(exc_info) != 3) {
-                PyErr_SetString(PyExc_TypeError, "exc_info must be a sys.exc_info() tuple");
+            PyObject *type = NULL, *val = NULL, *tb = NULL;
+            if (PyTuple_Check(exc_info) && PyTuple_GET_SIZE(exc_info) == 3) {
+                type = PyTuple_GET_ITEM(exc_info, 0);
+                val = PyTuple_GET_ITEM(exc_info, 1);
+                tb = PyTuple_GET_ITEM(exc_info, 2);
+            }
+            if (val == NULL || !PyExceptionInstance_Check(val)
+                || !PyExceptionClass_Check(type) || !PyObject_TypeCheck(val, (PyTypeObject *)type)
+                || (tb != Py_None && !PyTraceBack_Check(tb))) {
+                PyErr_SetString(PyExc_TypeError, "exc_info must be the sys.exc_info() of an "
+                                                 "exception being handled");
                 return NULL;
             }
-            PyObject *val = PyTuple_GET_ITEM(exc_info, 1);
-            PyObject *tb = PyTuple_GET_ITEM(exc_info, 2);
-            PyErr_Restore(Py_NewRef(PyTuple_GET_ITEM(exc_info, 0)), Py_NewRef(val),
-                          Py_NewRef(tb));
+            PyErr_Restore(Py_NewRef(type), Py_NewRef(val), tb == Py_None ? NULL : Py_NewRef(tb));
             return NULL;
         }
     } else if (rq->status != NULL) {
