@@ -221,8 +221,11 @@ def test_binding_an_address_in_use_is_oserror_naming_it():
     (lambda ex: ex.respond(200, [("X-A", "a\r\nInjected: 1")], b""), ValueError, None),
     (lambda ex: ex.respond(200, [("Bad Name", "v")], b""), ValueError, None),
     (lambda ex: ex.start(99, []), ValueError, "status"),
+    (lambda ex: ex.respond(200, [("Content-Length", "10")], b"abc"), ValueError, "Content-Length"),
+    (lambda ex: ex.respond(200, [("Content-Length", "1")], b"abc"), ValueError, "Content-Length"),
 ], ids=["status-99", "status-1000", "status-str", "headers-int", "body-int",
-        "crlf-in-value", "space-in-name", "start-status-99"])
+        "crlf-in-value", "space-in-name", "start-status-99", "length-over-body",
+        "length-under-body"])
 def test_bad_respond_argument_raises_and_sends_nothing(server, call, exc, name):
     raised = []
 

@@ -335,6 +335,17 @@ static int start_response(YmoExchangeObject *ex, PyObject *status_o, PyObject *h
             goto fail;
         Py_CLEAR(it);
     }
+    /* respond() knows its body: a declared length that differs would send
+     * a response cut short or overlong, so nothing is sent. (HEAD, 204
+     * and 304 declare the length of a body they do not carry.) */
+    if (known_len >= 0 && (resp->flags & YMO_RESP_APP_LENGTH)
+        && resp->content_length != (uint64_t)known_len && !(resp->flags & YMO_RESP_NO_BODY)
+        && status != 204 && status != 304) {
+        PyErr_Format(PyExc_ValueError,
+                     "Content-Length %llu does not match the body's %lld bytes",
+                     (unsigned long long)resp->content_length, (long long)known_len);
+        goto fail;
+    }
     if (ymo_http_response_end_head(c, known_len) < 0) {
         PyErr_NoMemory();
         goto fail;
