@@ -248,6 +248,36 @@ def test_bad_respond_argument_raises_and_sends_nothing(server, call, exc, name):
         assert name in str(raised[0])
 
 
+@pytest.mark.parametrize("threads", [0, 2], ids=["loop", "threads"])
+def test_an_exchange_used_from_another_thread_is_a_runtime_error(server, threads):
+    """Only the thread running the handler may touch its exchange: another
+    writing while the handler waited on a slow client once put a second
+    response head inside the first's body."""
+    import threading
+    errors = []
+
+    def handler(ex):
+        def other():
+            for call in (lambda: ex.write(b"x"), lambda: ex.respond(200), lambda: ex.query,
+                         ex.end):
+                try:
+                    call()
+                except RuntimeError as e:
+                    errors.append(str(e))
+        ex.start(200, [("Content-Type", "text/plain")])
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        ex.write(b"mine")
+        ex.end()
+
+    live = server(handler, threads=threads)
+    with RawConn(live.address) as c:
+        c.send(get_request("/"))
+        assert c.read_response().body == b"mine"
+    assert len(errors) == 4 and all("thread that runs its handler" in e for e in errors), errors
+
+
 # --- Vanishing clients ------------------------------------------------------
 
 

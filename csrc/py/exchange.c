@@ -16,6 +16,7 @@ typedef struct {
     YmoServerObject *server;    /* borrowed: valid while conn is set */
     PyObject *method, *path, *query, *version, *headers, *body, *remote_addr;
     size_t read_pos;
+    pthread_t thread;           /* the one running the handler, which owns conn */
 } YmoExchangeObject;
 
 static ymo_py_state *ex_state(YmoExchangeObject *ex)
@@ -28,6 +29,14 @@ static int check_live(YmoExchangeObject *ex)
     if (ex->conn == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "the exchange is over (its handler returned)");
+        return -1;
+    }
+    /* The connection is its handler's thread's: another thread writing
+     * to it (while the handler waits on a slow client, the GIL released)
+     * would interleave two writers in one response. */
+    if (!pthread_equal(pthread_self(), ex->thread)) {
+        PyErr_SetString(PyExc_RuntimeError, "an Exchange is used on the thread that runs its "
+                                            "handler only, not from other threads");
         return -1;
     }
     return 0;
@@ -568,6 +577,7 @@ void ymo__py_exchange_run(YmoServerObject *srv, ymo_conn_t *c)
     ex->method = ex->path = ex->query = ex->version = NULL;
     ex->headers = ex->body = ex->remote_addr = NULL;
     ex->read_pos = 0;
+    ex->thread = pthread_self();
     ymo_http_set_exchange(c, ex);
 
     PyObject *arg = (PyObject *)ex;
@@ -590,8 +600,12 @@ void ymo__py_exchange_run(YmoServerObject *srv, ymo_conn_t *c)
         Py_DECREF(r);
         if (!(c->flags & YMO_CONN_CLOSED)) {
             if (!(resp->flags & YMO_RESP_STARTED)) {
+                PyObject *m = ex_method(ex, NULL), *p = m != NULL ? ex_path(ex, NULL) : NULL;
+                PyErr_Clear();
                 ymo__py_log(st, 40, "handler returned without answering %R %R; sent 500",
-                            ex->method ? ex->method : Py_None, ex->path ? ex->path : Py_None);
+                            m ? m : Py_None, p ? p : Py_None);
+                Py_XDECREF(m);
+                Py_XDECREF(p);
                 ymo__py_simple_response(c, 500, "Internal Server Error\n");
             } else if (!(resp->flags & YMO_RESP_FINISHED)) {
                 if (ymo_http_response_finish(c) < 0)
