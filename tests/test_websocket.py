@@ -734,10 +734,12 @@ def test_subprotocol_header_variants(ws_server):
 
 
 @pytest.mark.parametrize("decision, offer", [("chat", None), ("chat", ["a", "b"]), ("a, b", ["a", "b"]),
-                                             (b"a", ["a"]), (1.5, ["a"]), (["a"], ["a"])])
+                                             (b"a", ["a"]), (1.5, ["a"]), (["a"], ["a"]),
+                                             (200, None), (399, None), (600, None), (2**70, None)])
 def test_a_subprotocol_not_offered_or_not_a_str_is_a_500(ws_server, decision, offer):
     """RFC 6455 4.2.2: the server picks one of the client's subprotocols, or
-    none; anything else is the application's mistake, logged."""
+    none; anything else is the application's mistake, logged. So is a
+    status that is no refusal (once: 403, silently)."""
     rec = Recorder(refuse=decision)
     live, url = ws_server(rec)
     with pytest.raises(InvalidStatus) as ei:
@@ -762,6 +764,41 @@ def test_on_connect_refuses(ws_server, decision, status):
         conn.assert_closed()
     time.sleep(0.05)
     assert rec.count("open") == 0 and rec.count("close") == 0 and rec.count("connect") == 2
+
+
+def test_send_or_close_in_on_connect_is_a_runtime_error(ws_server):
+    """In on_connect the handshake is being decided: close() there was
+    silently ignored, and the client was then accepted and left waiting."""
+    class H(Recorder):
+        def on_connect(self, ws):
+            for call in (lambda: ws.close(1008, "go away"), lambda: ws.send("early"), ws.ping):
+                try:
+                    call()
+                except RuntimeError as e:
+                    self._add("raised", str(e))
+            return None
+
+    rec = H()
+    live, url = ws_server(rec)
+    with connect(url, open_timeout=IO_TIMEOUT) as c:
+        c.send("hi")
+        assert c.recv(timeout=IO_TIMEOUT) == "hi"
+    raised = [e[1] for e in rec.events if e[0] == "raised"]
+    assert len(raised) == 3 and all("not open yet" in m for m in raised), raised
+
+
+def test_a_handler_whose_attributes_fail_is_the_applications_error(ws_server):
+    """Only a missing callback is skipped: a handler whose __getattr__
+    raises something else refuses the handshake (500, logged); once every
+    error was swallowed and the connection accepted with nothing to run."""
+    class H:
+        def __getattr__(self, name):
+            raise KeyError(name)
+
+    live, url = ws_server(H())
+    with pytest.raises(InvalidStatus) as ei:
+        connect(url, open_timeout=IO_TIMEOUT)
+    assert ei.value.response.status_code == 500
 
 
 def test_on_connect_raises_500(ws_server):

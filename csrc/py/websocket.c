@@ -15,6 +15,7 @@ typedef struct {
     PyObject *handler;          /* the path's handler object */
     PyObject *path, *query, *headers, *remote_addr, *subprotocol, *subprotocols;
     int closing;                /* close() was called or the close was reported */
+    int accepted;               /* past on_connect: the 101 is queued */
 } YmoWebSocketObject;
 
 typedef struct {
@@ -146,9 +147,21 @@ static int ws_on_loop(YmoWebSocketObject *ws)
     return 0;
 }
 
+/* In on_connect the handshake is still being decided. */
+static int ws_decided(YmoWebSocketObject *ws)
+{
+    if (ws->conn == NULL && !ws->accepted && !ws->closing) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the WebSocket is not open yet: on_connect refuses by returning False "
+                        "or a status (400-599); send from on_open");
+        return -1;
+    }
+    return 0;
+}
+
 static int ws_live(YmoWebSocketObject *ws)
 {
-    if (ws_on_loop(ws) < 0)
+    if (ws_on_loop(ws) < 0 || ws_decided(ws) < 0)
         return -1;
     if (ws->conn == NULL || ws->closing || (ws->conn->flags & YMO_CONN_CLOSED)) {
         PyErr_SetString(PyExc_ConnectionError, "the WebSocket is closed");
@@ -293,7 +306,8 @@ static PyObject *ws_close(YmoWebSocketObject *ws, PyObject *args, PyObject *kw)
     int code;
     const char *reason;
     Py_ssize_t rlen;
-    if (close_args(args, kw, &code, &reason, &rlen) < 0 || ws_on_loop(ws) < 0)
+    if (close_args(args, kw, &code, &reason, &rlen) < 0 || ws_on_loop(ws) < 0
+        || ws_decided(ws) < 0)
         return NULL;
     if (ws->conn != NULL && !ws->closing && !(ws->conn->flags & YMO_CONN_CLOSED))
         ymo_ws_close(ws->conn, code, reason, (size_t)rlen);
@@ -398,6 +412,11 @@ static int call_optional(YmoServerObject *srv, YmoWebSocketObject *ws, const cha
     if (result != NULL)
         *result = NULL;
     if (meth == NULL) {
+        /* Not defined: nothing to call. Any other error is the handler's. */
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            ymo__py_app_failed(srv, NULL, name);
+            return -1;
+        }
         PyErr_Clear();
         return 0;
     }
@@ -551,6 +570,7 @@ int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, P
     ws->subprotocol = NULL;
     ws->subprotocols = offered(c);
     ws->closing = 0;
+    ws->accepted = 0;
     PyObject_GC_Track(ws);
     if (ws->subprotocols == NULL) {
         PyErr_Clear();
@@ -568,8 +588,16 @@ int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, P
         if (PyBool_Check(decision)) {
             status = decision == Py_False ? 403 : 0;
         } else if (PyLong_Check(decision)) {
-            long st = PyLong_AsLong(decision);
-            status = st >= 400 && st <= 599 ? (int)st : 403;
+            int overflow;
+            long st = PyLong_AsLongAndOverflow(decision, &overflow);
+            if (overflow || st < 400 || st > 599) {
+                PyErr_Format(PyExc_ValueError,
+                             "on_connect returned %R: a refusal is a status in 400..599", decision);
+                ymo__py_app_failed(srv, NULL, "on_connect");
+                Py_DECREF(decision);
+                goto reject500;
+            }
+            status = (int)st;
         } else if (check_subprotocol(decision, ws->subprotocols) == 0) {
             ws->subprotocol = Py_NewRef(decision);
         } else {
@@ -583,6 +611,7 @@ int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, P
     if (status != 0) {
         ymo__py_simple_response(c, status, "WebSocket connection refused\n");
         ymo_http_response(c)->flags |= YMO_RESP_CLOSE;
+        ws->closing = 1;
         Py_DECREF(ws);
         return 1;
     }
@@ -593,18 +622,21 @@ int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, P
     /* The connection holds a reference until its close is reported. */
     r = ymo_ws_accept(c, &req, sp, (size_t)splen, &cfg, ws);
     if (r < 0) {
+        ws->closing = 1;
         Py_DECREF(ws);
         if (!(ymo_http_response(c)->flags & YMO_RESP_STARTED))
             ymo_http_respond_error(c, 400, "WebSocket handshake failed");
         return 1;
     }
     ws->conn = c;
+    ws->accepted = 1;
     /* on_open comes once the connection speaks WebSocket (hook_ws_open):
      * until this exchange ends, it still runs HTTP. */
     return 1;
 reject500:
     ymo__py_simple_response(c, 500, "Internal Server Error\n");
     ymo_http_response(c)->flags |= YMO_RESP_CLOSE;
+    ws->closing = 1;
     Py_DECREF(ws);
     return 1;
 }
