@@ -113,6 +113,26 @@ def test_headers_are_lowercased_ordered_and_keep_duplicates(server):
     assert seen["isinstance"] is True
 
 
+def test_headers_looked_up_with_a_str_subclass(server):
+    """A str subclass is a name like any str: its own lower() is not used
+    (one returning None once left an exception set: SystemError)."""
+    class Name(str):
+        def lower(self):
+            return None
+
+    seen = {}
+
+    def handler(ex):
+        h = ex.headers
+        seen["lookups"] = (h.get(Name("X-One")), h.getall(Name("X-ONE")), h[Name("x-one")],
+                           Name("X-One") in h, Name("Absent") in h)
+        ok(ex)
+
+    live = server(handler)
+    raw_request(live.address, b"GET / HTTP/1.1\r\nHost: e\r\nX-One: v\r\nConnection: close\r\n\r\n")
+    assert seen["lookups"] == ("v", ["v"], "v", True, False)
+
+
 def test_remote_addr_is_the_client_socket_address(server):
     seen = []
     live = server(lambda ex: (seen.append(tuple(ex.remote_addr)), ok(ex)))

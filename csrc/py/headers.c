@@ -39,7 +39,8 @@ static PyObject *lower_key(PyObject *key)
         if (i == n)
             return Py_NewRef(key);
     }
-    return PyObject_CallMethod(key, "lower", NULL);
+    /* str.lower itself: a subclass's lower() may return anything. */
+    return PyObject_CallMethod((PyObject *)&PyUnicode_Type, "lower", "O", key);
 }
 
 /* Index of the first pair at or after start whose name equals key. */
