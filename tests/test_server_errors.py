@@ -188,6 +188,10 @@ def test_exchange_and_headers_cannot_be_constructed():
     (dict(header_timeout=-1.0), ValueError, "header_timeout"),
     (dict(max_body_size=-1), ValueError, "max_body_size"),
     (dict(sock="not a socket"), TypeError, "sock"),
+    (dict(port=2**70), ValueError, "port"),
+    (dict(host="127.0.0.1\0junk"), ValueError, "host"),
+    (dict(sock=-5), ValueError, "fd -5"),
+    (dict(sock=2**70), ValueError, "sock"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_server_argument_names_the_argument(kwargs, exc, name):
     kwargs = dict(kwargs)
@@ -196,6 +200,17 @@ def test_bad_server_argument_names_the_argument(kwargs, exc, name):
     with pytest.raises(exc) as info:
         yimmo.Server(handler, **kwargs)
     assert name in str(info.value)
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6, socket.AF_UNIX])
+def test_an_unbound_socket_is_refused(family):
+    """listen() would bind it to a random port on every interface."""
+    try:
+        s = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:     # a kernel without IPv6
+        pytest.skip("no %s sockets here: %s" % (family.name, e))
+    with s, pytest.raises(ValueError, match="sock must be bound"):
+        yimmo.Server(ok, sock=s)
 
 
 def test_binding_an_address_in_use_is_oserror_naming_it():

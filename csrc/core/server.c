@@ -8,9 +8,11 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -371,6 +373,16 @@ int ymo_server_listen_fd(ymo_server_t *s, int fd, unsigned flags)
     int acc = 0;
     socklen_t al = sizeof(acc);
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &al) == 0 && !acc) {
+        /* listen() on an unbound socket binds it to a random port on
+         * every interface: never what was meant. */
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+            return -errno;
+        if ((ss.ss_family == AF_INET && ((struct sockaddr_in *)&ss)->sin_port == 0)
+            || (ss.ss_family == AF_INET6 && ((struct sockaddr_in6 *)&ss)->sin6_port == 0)
+            || (ss.ss_family == AF_UNIX && sl <= offsetof(struct sockaddr_un, sun_path)))
+            return -EDESTADDRREQ;
         if (listen(fd, s->cfg.backlog) < 0)
             return -errno;
     }

@@ -295,10 +295,12 @@ static int take_socket(YmoServerObject *self, PyObject *sock, int tls)
         flags = want ? YMO_LISTEN_TLS : 0;
         sock = PyTuple_GET_ITEM(sock, 0);   /* borrowed */
     }
+    long lfd;
     if (PyLong_Check(sock)) {
-        { long lfd = PyLong_AsLong(sock); fd = (lfd < -1 || lfd > 0x7fffffff) ? -1 : (int)lfd; }
-        if (fd == -1 && PyErr_Occurred())
-            return -1;
+        int overflow;
+        lfd = PyLong_AsLongAndOverflow(sock, &overflow);
+        if (overflow)
+            lfd = -1;
     } else {
         PyObject *r = PyObject_CallMethod(sock, "fileno", NULL);
         if (r == NULL) {
@@ -307,15 +309,17 @@ static int take_socket(YmoServerObject *self, PyObject *sock, int tls)
                          Py_TYPE(sock)->tp_name);
             return -1;
         }
-        { long lfd = PyLong_AsLong(r); fd = (lfd < -1 || lfd > 0x7fffffff) ? -1 : (int)lfd; }
+        int overflow;
+        lfd = PyLong_Check(r) ? PyLong_AsLongAndOverflow(r, &overflow) : -1;
+        if (PyLong_Check(r) && overflow)
+            lfd = -1;
         Py_DECREF(r);
-        if (fd == -1 && PyErr_Occurred())
-            return -1;
     }
-    if (fd < 0) {
-        PyErr_Format(PyExc_ValueError, "sock must be an open socket (fd %d)", fd);
+    if (lfd < 0 || lfd > 0x7fffffff) {
+        PyErr_Format(PyExc_ValueError, "sock must be an open socket (fd %ld)", lfd);
         return -1;
     }
+    fd = (int)lfd;
     /* A duplicate: the caller's object keeps (and closes) its own. */
     int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (dfd < 0) {
@@ -327,6 +331,11 @@ static int take_socket(YmoServerObject *self, PyObject *sock, int tls)
         close(dfd);
         if (r == -ENOTSOCK) {
             PyErr_SetString(PyExc_ValueError, "sock must be a stream socket");
+            return -1;
+        }
+        if (r == -EDESTADDRREQ) {
+            PyErr_SetString(PyExc_ValueError, "sock must be bound to an address (listen() on an "
+                                              "unbound socket would pick every interface)");
             return -1;
         }
         PyObject *w = PyUnicode_FromFormat("fd %d", fd);
@@ -459,9 +468,14 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
             PyErr_Format(PyExc_TypeError, "host must be a str, not %.100s", Py_TYPE(host_o)->tp_name);
             return NULL;
         }
-        host = PyUnicode_AsUTF8(host_o);
+        Py_ssize_t hlen;
+        host = PyUnicode_AsUTF8AndSize(host_o, &hlen);
         if (host == NULL)
             return NULL;
+        if ((size_t)hlen != strlen(host)) {
+            PyErr_SetString(PyExc_ValueError, "host must not contain NUL");
+            return NULL;
+        }
     }
     long port = 8000;
     if (port_o != NULL && port_o != Py_None) {
@@ -469,11 +483,10 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
             PyErr_Format(PyExc_TypeError, "port must be an int, not %.100s", Py_TYPE(port_o)->tp_name);
             return NULL;
         }
-        port = PyLong_AsLong(port_o);
-        if (port == -1 && PyErr_Occurred())
-            return NULL;
-        if (port < 0 || port > 65535) {
-            PyErr_Format(PyExc_ValueError, "port must be in 0..65535, not %ld", port);
+        int overflow;
+        port = PyLong_AsLongAndOverflow(port_o, &overflow);
+        if (overflow || port < 0 || port > 65535) {
+            PyErr_Format(PyExc_ValueError, "port must be in 0..65535, not %R", port_o);
             return NULL;
         }
     }
