@@ -292,6 +292,27 @@ def test_cuts_are_checked():
         parse_ws_frames(data, cuts=5)
 
 
+@pytest.mark.parametrize("kw, exc, text", [
+    (dict(max_message=-1), ValueError, "max_message"),       # once: unlimited
+    (dict(max_message=2**64), ValueError, "max_message"),    # once: 0
+    (dict(max_message="16"), TypeError, "max_message"),
+    (dict(rsv_allowed=-1), ValueError, "rsv_allowed"),       # once: every RSV bit
+    (dict(rsv_allowed=0x80), ValueError, "rsv_allowed"),
+])
+def test_settings_out_of_range_are_refused(kw, exc, text):
+    with pytest.raises(exc, match=text):
+        parse_ws_frames(frame(TEXT, b"abc"), **kw)
+    assert parse_ws_frames(frame(TEXT, b"abc"), max_message=2**64 - 1)[0] == [(1, 0, TEXT, b"abc")]
+
+
+def test_inflate_max_size_out_of_range_is_refused():
+    """A negative max_size once turned the compression-bomb cap off."""
+    from yimmo.parsers import inflate_ws_message
+    for bad in (-1, 2**64):
+        with pytest.raises(ValueError, match="max_size"):
+            inflate_ws_message(b"\x03\x00", max_size=bad)
+
+
 def test_error_is_parse_error():
     with pytest.raises(ParseError) as ei:
         parse_ws_frames(frame(TEXT, mask=None))

@@ -680,16 +680,42 @@ error:
     return -1;
 }
 
+/* A size argument: an int in 0..2**64-1 (the "K" format would wrap a
+ * negative one into "unlimited"). */
+static int size_arg(PyObject *o, const char *name, unsigned long long *out)
+{
+    if (o == NULL)
+        return 0;
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", name, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_ValueError, "%s must be in 0..2**64-1, not %R", name, o);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static PyObject *parse_ws_frames(PyObject *module, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"data", "max_message", "require_mask", "rsv_allowed", "cuts", NULL};
     Py_buffer buf;
     unsigned long long max = 16ull << 20;
     int require_mask = 1, rsv_allowed = 0;
-    PyObject *cuts_o = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|$KpiO:parse_ws_frames", kwlist, &buf, &max,
+    PyObject *cuts_o = NULL, *max_o = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|$OpiO:parse_ws_frames", kwlist, &buf, &max_o,
                                      &require_mask, &rsv_allowed, &cuts_o))
         return NULL;
+    if (size_arg(max_o, "max_message", &max) < 0 || (rsv_allowed & ~0x70) != 0) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "rsv_allowed must be RSV bits (0x10, 0x20, 0x40 "
+                                           "or a sum), not %d", rsv_allowed);
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
     ymo_py_state *st = ymo__py_state(module);
     /* As the server does: each payload is unmasked straight into its own
      * buffer, sized at the frame's header (never beyond the input left, so
@@ -706,7 +732,7 @@ static PyObject *parse_ws_frames(PyObject *module, PyObject *args, PyObject *kw)
     size_t end = ncuts > 0 ? cuts[next_cut++] : len;
     ymo_ws_parser_t parser;
     ymo_ws_parser_init(&parser, max, require_mask);
-    parser.rsv_allowed = (uint8_t)(rsv_allowed & 0x70);
+    parser.rsv_allowed = (uint8_t)rsv_allowed;
     PyObject *frames = PyList_New(0);
     PyObject *payload = NULL;
     Py_ssize_t filled = 0;
@@ -1049,9 +1075,14 @@ static PyObject *inflate_ws_message(PyObject *module, PyObject *args, PyObject *
     Py_buffer buf;
     unsigned long long max = 16ull << 20;
     int no_takeover = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|$Kp:inflate_ws_message", kwlist, &buf, &max,
+    PyObject *max_o = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|$Op:inflate_ws_message", kwlist, &buf, &max_o,
                                      &no_takeover))
         return NULL;
+    if (size_arg(max_o, "max_size", &max) < 0) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
     ymo_ws_deflate_params_t params = {
         .client_no_context_takeover = (uint8_t)no_takeover,
         .server_no_context_takeover = (uint8_t)no_takeover,
