@@ -801,6 +801,24 @@ def test_start_response_twice_without_exc_info_is_a_runtime_error(wsgi_server):
     assert (resp.status, body) == (200, b"RuntimeError")
 
 
+def test_a_kept_start_response_says_its_request_is_over(wsgi_server):
+    kept, seen = [], []
+
+    def app(environ, start_response):
+        if kept:
+            try:
+                kept[0]("200 OK", [])
+            except RuntimeError as e:
+                seen.append(str(e))
+        kept.append(start_response)
+        return text(start_response, b"ok")
+
+    live = wsgi_server(app, validate=False)     # the validator's wrapper checks first
+    for _ in range(2):
+        assert live.request("GET", "/")[1] == b"ok"
+    assert seen == ["the request is over"]
+
+
 def test_start_response_with_exc_info_before_the_head_replaces_it(wsgi_server):
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain"), ("X-First", "1")])

@@ -245,6 +245,10 @@ done:
 static PyObject *start_response(YmoWSGIRequestObject *rq, PyObject *status, PyObject *headers,
                                 PyObject *exc_info)
 {
+    if (rq->conn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the request is over");
+        return NULL;
+    }
     if (exc_info != Py_None) {
         if (rq->head_sent) {
             /* PEP 3333: too late to change the response; re-raise. */
