@@ -878,6 +878,27 @@ def test_pipelining_client_that_never_reads_is_bounded(serve, kind):
     assert live.get("/again")[0].status == 200
 
 
+@rss_meaningful
+def test_chunk_framing_does_not_pile_up_in_memory(serve, kind):
+    """One body byte per chunk, each with a 4000-byte extension: the raw
+    bytes once stayed in the input buffer until the body was complete (256
+    MiB of buffer for 64 KiB of body, kept while the upload stalled)."""
+    live = serve(kind)
+    assert live.get("/warm")[0].status == 200
+    gc.collect()
+    base = rss()
+    batch = (b"1;e=" + b"a" * 3990 + b"\r\nX\r\n") * 256
+    with RawConn(live.address) as c:
+        c.send(chunked(b""))
+        for _ in range(64):     # 16,384 chunks: 64 MiB on the wire, 16 KiB of body
+            c.send(batch)
+        growth = rss() - base
+        c.send(b"0\r\n\r\n")
+        resp = c.read_response()
+    assert resp.status == 200 and resp.body == b"ok /upload"
+    assert growth < 24 * MiB, "RSS grew %.1f MiB for a 16 KiB body" % (growth / MiB)
+
+
 class Stream:
     """A WSGI iterable producing 64 KiB blocks; records close()."""
 

@@ -500,6 +500,32 @@ def test_on_the_loop_a_slow_upload_does_not_hold_other_clients(wsgi_server, fram
 
 
 @pytest.mark.parametrize("wsgi_server", [0], indirect=True, ids=["loop"])
+def test_on_the_loop_a_spooled_body_is_read_back_a_block_at_a_time(wsgi_server):
+    """Lines of a spooled body come from the block already read back: each
+    readline() once read 64 KiB from the file again (half a million reads
+    here, and a worker killed by its watchdog for a larger body)."""
+    def syscr():
+        with open("/proc/self/io") as f:
+            return int(next(l for l in f if l.startswith("syscr")).split()[1])
+
+    counts = []
+
+    def app(environ, start_response):
+        before = syscr()
+        lines = list(environ["wsgi.input"])
+        counts.append(syscr() - before)
+        return text(start_response, b"%d %d" % (len(lines), sum(map(len, lines))))
+
+    live = wsgi_server(app, validate=False)
+    body = b"x\n" * (512 * KiB)
+    with RawConn(live.address) as c:
+        c.send(request("/", "POST", [("Content-Length", str(len(body)))]) + body)
+        resp = c.read_response()
+    assert resp.body == b"%d %d" % (512 * KiB, len(body))
+    assert counts[0] < 1000, "%d reads for 1 MiB read back" % counts[0]
+
+
+@pytest.mark.parametrize("wsgi_server", [0], indirect=True, ids=["loop"])
 def test_on_the_loop_a_body_that_cannot_be_spooled_is_503(wsgi_server, monkeypatch, tmp_path):
     """The spool lives in $TMPDIR: when it cannot be written the client is
     told (503), the error is logged, and the server goes on."""

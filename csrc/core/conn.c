@@ -200,6 +200,17 @@ int ymo_conn_reserve(ymo_conn_t *c, size_t n)
     return 0;
 }
 
+void ymo__conn_shrink_input(ymo_conn_t *c, size_t cap)
+{
+    if (c->in.cap <= cap || c->in.len > cap || CHECKED_OUT(c))
+        return;
+    char *nd = realloc(c->in.data, cap);
+    if (nd != NULL) {
+        c->in.data = nd;
+        c->in.cap = cap;
+    }
+}
+
 void ymo__conn_dirty(ymo_conn_t *c)
 {
     ymo_server_t *s = c->server;

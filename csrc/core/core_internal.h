@@ -33,6 +33,8 @@ ymo_conn_t *ymo__conn_new(ymo_server_t *s, int fd, const struct sockaddr *peer,
 void ymo__conn_reap(ymo_server_t *s);
 /* Put c on the server's flush list (output was queued on the loop thread). */
 void ymo__conn_dirty(ymo_conn_t *c);
+/* Give back input buffer room beyond cap, when what it holds fits. */
+void ymo__conn_shrink_input(ymo_conn_t *c, size_t cap);
 
 extern const ymo_transport_t ymo__plain_transport;
 extern const ymo_proto_t ymo__http_proto;

@@ -45,15 +45,18 @@ typedef struct {
     const ymo_proto_t *upgrade;     /* the protocol to switch to, after this exchange */
     void *upgrade_data;
     /* A body spooled to a temporary file (handlers on the loop thread):
-     * spool_len bytes, read back from spool_pos through spool_buf. */
+     * spool_len bytes, read back from spool_pos through spool_buf, which
+     * holds spool_buf_len bytes from file offset spool_buf_off. */
     int spool_fd;
-    uint64_t spool_len, spool_pos;
+    uint64_t spool_len, spool_pos, spool_buf_off;
+    size_t spool_buf_len;
     char *spool_buf;
 } session_t;
 
 #define SESSION(c) ((session_t *)(c)->proto_data)
 
 static void process(ymo_conn_t *c);
+static void spool_end(session_t *ss);
 
 /* --- Error answers ------------------------------------------------------- */
 
@@ -69,6 +72,7 @@ int ymo_http_respond_error(ymo_conn_t *c, int status, const char *reason)
     ymo__log(s, YMO_LOG_INFO, "%d %s from %s: %s", status, phrase, peer, reason);
 
     ss->state = S_DEAD;
+    spool_end(ss);
     if (ss->resp.flags & YMO_RESP_STARTED) {
         /* The application's response is on its way (it answered before
          * reading the body): a status line now would land inside it. What
@@ -138,7 +142,10 @@ static void compact(ymo_conn_t *c, session_t *ss)
     ss->rstart = 0;
 }
 
-/* Decode what has arrived of the body into place, right after the head. */
+/* Decode what has arrived of the body into place, right after the head.
+ * Waiting for more, the chunk framing already decoded is dropped from the
+ * buffer (what follows moves down onto the body's end): a body of tiny
+ * chunks with long extensions costs its decoded size, not its raw one. */
 static int read_body(ymo_conn_t *c, session_t *ss)
 {
     char *base = c->in.data + ss->rstart;
@@ -155,6 +162,12 @@ static int read_body(ymo_conn_t *c, session_t *ss)
             ss->body_end += dlen;
         }
         ss->scan += consumed;
+        if (r == YMO_AGAIN && consumed == 0 && ss->scan > ss->body_end) {
+            memmove(base + ss->body_end, base + ss->scan, avail - ss->scan);
+            c->in.len -= ss->scan - ss->body_end;
+            ss->scan = ss->body_end;
+            return r;
+        }
         if (r != YMO_AGAIN || consumed == 0)
             return r;
     }
@@ -200,7 +213,8 @@ static void spool_end(session_t *ss)
     if (ss->spool_fd >= 0)
         close(ss->spool_fd);
     ss->spool_fd = -1;
-    ss->spool_len = ss->spool_pos = 0;
+    ss->spool_len = ss->spool_pos = ss->spool_buf_off = 0;
+    ss->spool_buf_len = 0;
     free(ss->spool_buf);
     ss->spool_buf = NULL;
 }
@@ -229,6 +243,9 @@ static int spill(ymo_conn_t *c, session_t *ss)
     memmove(base + head, base + ss->scan, rest);
     c->in.len = ss->rstart + head + rest;
     ss->scan = ss->body_end = ss->body_rpos = head;
+    /* Reads of up to 256 KiB grew the buffer; an upload that stalls here
+     * keeps a buffer of its body_buffer_max's order, not that. */
+    ymo__conn_shrink_input(c, c->in.len + c->server->cfg.body_buffer_max);
     return 0;
 }
 
@@ -751,26 +768,35 @@ int ymo_http_body_wait(ymo_conn_t *c)
     }
 }
 
-/* The next piece of a spooled body, read back into spool_buf. */
+/* The next piece of a spooled body, from spool_buf: read back a block at
+ * a time, so that lines handed back with ymo_http_body_unread are served
+ * again from memory, not read again from the file. */
 static ssize_t spool_read(session_t *ss, const char **data, size_t max)
 {
-    uint64_t left = ss->spool_len - ss->spool_pos;
-    size_t n = max < SPOOL_CHUNK ? max : SPOOL_CHUNK;
-    if (left < n)
-        n = (size_t)left;
-    if (n == 0)
+    if (ss->spool_pos == ss->spool_len || max == 0)
         return 0;
-    if (ss->spool_buf == NULL && (ss->spool_buf = malloc(SPOOL_CHUNK)) == NULL)
-        return YMO_E_NOMEM;
-    ssize_t r;
-    do
-        r = pread(ss->spool_fd, ss->spool_buf, n, (off_t)ss->spool_pos);
-    while (r < 0 && errno == EINTR);
-    if (r <= 0)
-        return r < 0 ? -errno : -EIO;
-    ss->spool_pos += (uint64_t)r;
-    *data = ss->spool_buf;
-    return r;
+    if (ss->spool_pos < ss->spool_buf_off
+        || ss->spool_pos >= ss->spool_buf_off + ss->spool_buf_len) {
+        if (ss->spool_buf == NULL && (ss->spool_buf = malloc(SPOOL_CHUNK)) == NULL)
+            return YMO_E_NOMEM;
+        uint64_t left = ss->spool_len - ss->spool_pos;
+        size_t want = left < SPOOL_CHUNK ? (size_t)left : SPOOL_CHUNK;
+        ssize_t r;
+        do
+            r = pread(ss->spool_fd, ss->spool_buf, want, (off_t)ss->spool_pos);
+        while (r < 0 && errno == EINTR);
+        if (r <= 0)
+            return r < 0 ? -errno : -EIO;
+        ss->spool_buf_off = ss->spool_pos;
+        ss->spool_buf_len = (size_t)r;
+    }
+    size_t at = (size_t)(ss->spool_pos - ss->spool_buf_off);
+    size_t n = ss->spool_buf_len - at;
+    if (n > max)
+        n = max;
+    ss->spool_pos += n;
+    *data = ss->spool_buf + at;
+    return (ssize_t)n;
 }
 
 ssize_t ymo_http_body_stream(ymo_conn_t *c, const char **data, size_t max)
