@@ -192,6 +192,7 @@ def test_exchange_and_headers_cannot_be_constructed():
     (dict(host="127.0.0.1\0junk"), ValueError, "host"),
     (dict(sock=-5), ValueError, "fd -5"),
     (dict(sock=2**70), ValueError, "sock"),
+    (dict(threads=2**70), ValueError, "threads"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_server_argument_names_the_argument(kwargs, exc, name):
     kwargs = dict(kwargs)
@@ -236,10 +237,11 @@ def test_binding_an_address_in_use_is_oserror_naming_it():
     (lambda ex: ex.respond(200, [("X-A", "a\r\nInjected: 1")], b""), ValueError, None),
     (lambda ex: ex.respond(200, [("Bad Name", "v")], b""), ValueError, None),
     (lambda ex: ex.start(99, []), ValueError, "status"),
+    (lambda ex: ex.respond(2**70, [], b""), ValueError, "status"),
     (lambda ex: ex.respond(200, [("Content-Length", "10")], b"abc"), ValueError, "Content-Length"),
     (lambda ex: ex.respond(200, [("Content-Length", "1")], b"abc"), ValueError, "Content-Length"),
 ], ids=["status-99", "status-1000", "status-str", "headers-int", "body-int",
-        "crlf-in-value", "space-in-name", "start-status-99", "length-over-body",
+        "crlf-in-value", "space-in-name", "start-status-99", "status-2**70", "length-over-body",
         "length-under-body"])
 def test_bad_respond_argument_raises_and_sends_nothing(server, call, exc, name):
     raised = []

@@ -301,11 +301,10 @@ static int start_response(YmoExchangeObject *ex, PyObject *status_o, PyObject *h
                      Py_TYPE(status_o)->tp_name);
         return -1;
     }
-    long status = PyLong_AsLong(status_o);
-    if (status == -1 && PyErr_Occurred())
-        return -1;
-    if (status < 200 || status > 999) {
-        PyErr_Format(PyExc_ValueError, "status must be in 200..999, not %ld", status);
+    int overflow;
+    long status = PyLong_AsLongAndOverflow(status_o, &overflow);
+    if (overflow || status < 200 || status > 999) {
+        PyErr_Format(PyExc_ValueError, "status must be in 200..999, not %R", status_o);
         return -1;
     }
     PyObject *it = NULL;

@@ -447,11 +447,10 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
                          Py_TYPE(threads)->tp_name);
             return NULL;
         }
-        nthreads = PyLong_AsLong(threads);
-        if (nthreads == -1 && PyErr_Occurred())
-            return NULL;
-        if (nthreads < 0 || nthreads > 1024) {
-            PyErr_Format(PyExc_ValueError, "threads must be in 0..1024, not %ld", nthreads);
+        int overflow;
+        nthreads = PyLong_AsLongAndOverflow(threads, &overflow);
+        if (overflow || nthreads < 0 || nthreads > 1024) {
+            PyErr_Format(PyExc_ValueError, "threads must be in 0..1024, not %R", threads);
             return NULL;
         }
     }
