@@ -168,12 +168,17 @@ def ref_dechunk(buf, total=0, max_body=MAX_BODY, max_trailer=MAX_HEADER_BYTES):
     return b"".join(out), pos
 
 
-def _conn_tokens(headers):
+def _list_tokens(headers, name):
+    """The elements of every `name` field, as one list (RFC 9110 5.6.1)."""
     toks = set()
     for n, v in headers:
-        if n == b"connection":
+        if n == name:
             toks.update(t.strip(b" \t").lower() for t in v.split(b","))
     return toks
+
+
+def _conn_tokens(headers):
+    return _list_tokens(headers, b"connection")
 
 
 def _split_target(method, target):
@@ -280,8 +285,8 @@ def check_accepted(data, req, limits=None):
     conn = _conn_tokens(headers)
     expect(keep_alive == (b"close" not in conn and (v11 or b"keep-alive" in conn)),
            "keep_alive", keep_alive, conn, version)
-    expect(expect_continue == (v11 and any(n == b"expect" and v.lower() == b"100-continue"
-                                           for n, v in headers)),
+    # RFC 9110 10.1.1: Expect is a list; 100-continue among its elements.
+    expect(expect_continue == (v11 and b"100-continue" in _list_tokens(headers, b"expect")),
            "expect_continue", expect_continue)
     expect(upgrade == (v11 and b"upgrade" in conn and b"upgrade" in names), "upgrade", upgrade)
     return consumed
