@@ -214,6 +214,13 @@ def test_an_unbound_socket_is_refused(family):
         yimmo.Server(ok, sock=s)
 
 
+def test_the_worker_thread_body_outside_run_returns():
+    """_work() is what run() starts its worker threads with; called on its
+    own it once waited forever for requests that never came."""
+    for threads in (0, 2):
+        assert yimmo.Server(ok, port=0, threads=threads)._work() is None
+
+
 def test_binding_an_address_in_use_is_oserror_naming_it():
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:

@@ -596,6 +596,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     pthread_mutex_init(&self->wq_lock, NULL);
     pthread_cond_init(&self->wq_cond, NULL);
     self->wq_tail = &self->wq_head;
+    self->wq_shutdown = 1;     /* until run() starts the workers: _work() returns */
     ymo_server_hooks_t hooks = {
         .dispatch = hook_dispatch,
         .on_request = hook_request,
