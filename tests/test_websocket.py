@@ -1005,6 +1005,57 @@ def rss():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.skipif(bool(os.environ.get("YIMMO_SANITIZED")), reason="RSS is not meaningful under sanitizers")
+def test_pings_from_a_client_that_never_reads_do_not_pile_up(ws_server):
+    """Every ping once queued a pong: a client pinging without reading grew
+    the server by gigabytes. Past the high-water mark only the last ping is
+    answered, once output drains (RFC 6455 5.5.3)."""
+    live, url = ws_server(Recorder())
+    conn = live.connect(rcvbuf=4096, timeout=10)
+    with conn:
+        conn.send(upgrade_request())
+        assert conn.read_head().status == 101
+        before = rss()
+        batch = b"".join(frame(PING, b"%09d" % i + b"p" * 100) for i in range(1000))
+        for _ in range(300):        # 300,000 pings, 40 MB of pongs if each were queued
+            conn.send(batch)
+        last = b"%09d" % 999 + b"p" * 100
+        conn.send(frame(PING, b"the last one"))
+        growth = rss() - before
+        while True:                 # the answers: the last ping's among them
+            fin, rsv, op, payload = read_frame(conn)
+            assert op == PONG
+            if payload == b"the last one":
+                break
+            assert payload == last or payload.startswith(b"0"), payload[:20]
+    assert growth < 24 * MiB, "RSS grew %.1f MiB" % (growth / MiB)
+
+
+def test_a_client_that_reads_nothing_is_dropped_after_the_send_timeout(ws_server):
+    """A message the client never reads: after send_timeout without
+    progress the connection ends (1006 to on_close), as an HTTP response
+    would; its pings kept it open until the idle timeout once."""
+    class Big(Recorder):
+        def on_open(self, ws):
+            super().on_open(ws)
+            ws.send(b"b" * (8 * MiB))
+
+    rec = Big()
+    live, url = ws_server(rec, send_timeout=0.5, ws_idle_timeout=60)
+    conn = live.connect(rcvbuf=4096, timeout=10)
+    with conn:
+        conn.send(upgrade_request())
+        assert conn.read_head().status == 101
+        # It pings to look alive, and reads nothing.
+        deadline = time.monotonic() + IO_TIMEOUT
+        while time.monotonic() < deadline and not wait_for(rec.closes, timeout=0.2):
+            try:
+                conn.send(frame(PING, b"alive"))
+            except OSError:
+                break
+        assert rec.wait_closes(1) == [(1006, "")]
+
+
 def test_backpressure_send_limit(ws_server):
     """A client that never reads: send() raises BufferError once more than
     ws_send_limit is queued, and the process's memory stays bounded however

@@ -24,7 +24,8 @@ enum {
     WF_SENDING = 1u << 5,       /* a fragmented message is being sent */
     WF_FAILED = 1u << 6,        /* we closed because the peer misbehaved */
     WF_PING_OUT = 1u << 7,      /* our keep-alive ping waits for an answer */
-    WF_OPEN_PENDING = 1u << 8   /* ws_open is due, once HTTP has handed over */
+    WF_OPEN_PENDING = 1u << 8,  /* ws_open is due, once HTTP has handed over */
+    WF_PONG_DUE = 1u << 9       /* pong[] answers the last ping, once output drains */
 };
 
 struct ymo_ws_s {
@@ -36,6 +37,8 @@ struct ymo_ws_s {
     ymo_buf_t msg;              /* the data message being assembled */
     uint8_t ctrl[125];          /* the control frame being read */
     size_t ctrl_len;
+    uint8_t pong[125];          /* the answer held back (WF_PONG_DUE) */
+    size_t pong_len;
     int ready_opcode;
     int close_code;
     char close_reason[124];
@@ -52,9 +55,12 @@ typedef struct ymo_ws_s ws_t;
 static void ws_process(ymo_conn_t *c, ws_t *ws);
 
 /* The one timer: the next of the idle deadline, the keep-alive ping, and
- * the wait for its answer. */
+ * the wait for its answer. While a write waits for the peer, the timer is
+ * the send timeout its flush set, and stays so. */
 static void arm(ymo_conn_t *c, ws_t *ws)
 {
+    if (c->flags & YMO_CONN_WRITING)
+        return;
     double t = ws->cfg.idle_timeout;
     if (ws->flags & WF_PING_OUT)
         t = ws->cfg.ping_timeout;
@@ -425,9 +431,19 @@ static int msg_reserve(ws_t *ws, size_t n)
 static void control(ymo_conn_t *c, ws_t *ws, int opcode)
 {
     if (opcode == YMO_WS_PING) {
-        /* RFC 6455 5.5.2: answer with the same payload, unless closing. */
-        if (!(ws->flags & WF_CLOSE_SENT))
-            send_frame(c, 1, 0, YMO_WS_PONG, ws->ctrl, ws->ctrl_len, NULL);
+        /* RFC 6455 5.5.2: answer with the same payload, unless closing.
+         * A peer that pings without reading would have its pongs queue
+         * without end: past the high-water mark only the last ping is
+         * answered, once output drains (RFC 6455 5.5.3 allows it). */
+        if (ws->flags & WF_CLOSE_SENT)
+            return;
+        if (c->out.bytes >= c->server->cfg.output_high_water && !(c->flags & YMO_CONN_CHECKED_OUT)) {
+            memcpy(ws->pong, ws->ctrl, ws->ctrl_len);
+            ws->pong_len = ws->ctrl_len;
+            ws->flags |= WF_PONG_DUE;
+            return;
+        }
+        send_frame(c, 1, 0, YMO_WS_PONG, ws->ctrl, ws->ctrl_len, NULL);
         return;
     }
     if (opcode != YMO_WS_CLOSE)
@@ -610,11 +626,25 @@ static void on_ready(ymo_conn_t *c)
 
 static void on_drained(ymo_conn_t *c)
 {
+    ws_t *ws = WS(c);
+    if ((ws->flags & WF_PONG_DUE) && !(ws->flags & WF_CLOSE_SENT))
+        send_frame(c, 1, 0, YMO_WS_PONG, ws->pong, ws->pong_len, NULL);
+    ws->flags &= ~WF_PONG_DUE;
+    /* The send timeout is over: the idle and ping deadlines again. */
+    if (!(ws->flags & WF_CLOSE_SENT))
+        arm(c, ws);
 }
 
 static void on_timeout(ymo_conn_t *c)
 {
     ws_t *ws = WS(c);
+    if (c->flags & YMO_CONN_WRITING) {
+        /* send_timeout without progress: a close frame would wait behind
+         * what the peer does not read, so the connection just ends. */
+        notify_close(c, ws, YMO_WS_ABNORMAL, "", 0);
+        ymo_conn_close(c);
+        return;
+    }
     if (ws->flags & WF_CLOSE_SENT) {
         /* The peer never answered our close. */
         notify_close(c, ws, YMO_WS_ABNORMAL, "", 0);
