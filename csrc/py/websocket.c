@@ -14,8 +14,8 @@ typedef struct {
     YmoServerObject *server;    /* borrowed: valid while conn is set */
     PyObject *handler;          /* the path's handler object */
     PyObject *path, *query, *headers, *remote_addr, *subprotocol, *subprotocols;
-    int closing;                /* close() was called or the close was reported */
-    int accepted;               /* past on_connect: the 101 is queued */
+    int closing;                /* close() was called, the close was reported, or
+                                   the handshake refused */
 } YmoWebSocketObject;
 
 typedef struct {
@@ -147,10 +147,11 @@ static int ws_on_loop(YmoWebSocketObject *ws)
     return 0;
 }
 
-/* In on_connect the handshake is still being decided. */
+/* In on_connect the handshake is still being decided: no connection yet,
+ * and none refused or closed. */
 static int ws_decided(YmoWebSocketObject *ws)
 {
-    if (ws->conn == NULL && !ws->accepted && !ws->closing) {
+    if (ws->conn == NULL && !ws->closing) {
         PyErr_SetString(PyExc_RuntimeError,
                         "the WebSocket is not open yet: on_connect refuses by returning False "
                         "or a status (400-599); send from on_open");
@@ -570,7 +571,6 @@ int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, P
     ws->subprotocol = NULL;
     ws->subprotocols = offered(c);
     ws->closing = 0;
-    ws->accepted = 0;
     PyObject_GC_Track(ws);
     if (ws->subprotocols == NULL) {
         PyErr_Clear();
@@ -629,7 +629,6 @@ int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, P
         return 1;
     }
     ws->conn = c;
-    ws->accepted = 1;
     /* on_open comes once the connection speaks WebSocket (hook_ws_open):
      * until this exchange ends, it still runs HTTP. */
     return 1;
