@@ -249,14 +249,12 @@ static int spill(ymo_conn_t *c, session_t *ss)
     return 0;
 }
 
-/* RFC 9110 10.1.1: with handlers on the loop, 100 Continue goes out as
- * soon as the head is read, since the body is read before the handler. */
-static int continue_now(ymo_conn_t *c, session_t *ss)
+/* Queue 100 Continue, once (RFC 9110 10.1.1). */
+static int queue_continue(ymo_conn_t *c, session_t *ss)
 {
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
     ss->flags |= SF_CONTINUE_SENT;
-    int r = ymo_outq_copy(&c->out, cont, sizeof(cont) - 1);
-    return r < 0 ? r : ymo_conn_flush(c);
+    return ymo_outq_copy(&c->out, cont, sizeof(cont) - 1);
 }
 
 static int expects_body(const ymo_http_parser_t *p)
@@ -269,7 +267,7 @@ static void process(ymo_conn_t *c)
 {
     session_t *ss = SESSION(c);
     ymo_server_t *s = c->server;
-    int r;
+    int r, r2;
 
     for (;;) {
         switch (ss->state) {
@@ -349,7 +347,10 @@ static void process(ymo_conn_t *c)
                 ss->state = S_READY;
                 continue;
             }
-            if ((ss->parser.flags & YMO_HTTP_F_EXPECT_CONTINUE) && continue_now(c, ss) < 0) {
+            /* With handlers on the loop the body is read first: 100
+             * Continue goes out now. */
+            if ((ss->parser.flags & YMO_HTTP_F_EXPECT_CONTINUE)
+                && (queue_continue(c, ss) < 0 || ymo_conn_flush(c) < 0)) {
                 ymo_conn_close(c);
                 return;
             }
@@ -368,22 +369,21 @@ static void process(ymo_conn_t *c)
             /* fall through */
         case S_BODY:
             r = read_body(c, ss);
-            if (r == YMO_AGAIN && ss->body_end - ss->parser.head_len > s->cfg.body_buffer_max) {
-                if (!handlers_on_loop(s)) {
-                    /* A chunked body outgrew the buffer: what is decoded
-                     * so far was checked; the handler streams the rest.
-                     * Smaller ones are read (and refused, if malformed)
-                     * first. */
-                    ss->state = S_READY;
-                    continue;
-                }
-                r = spill(c, ss);
-                if (r < 0) {
-                    ymo__log(s, YMO_LOG_ERROR, "spooling a request body: %s", ymo_strerror(r));
-                    ymo_http_respond_error(c, 503, "could not store the request body");
-                    return;
-                }
-                r = YMO_AGAIN;
+            int over = ss->body_end - ss->parser.head_len > s->cfg.body_buffer_max;
+            if (r == YMO_AGAIN && over && !handlers_on_loop(s)) {
+                /* A chunked body outgrew the buffer: what is decoded so
+                 * far was checked; the handler streams the rest. Smaller
+                 * ones are read (and refused, if malformed) first. */
+                ss->state = S_READY;
+                continue;
+            }
+            /* On the loop: past the buffer, and the rest of a body begun
+             * so, to the spool file. */
+            if (((r == YMO_AGAIN && over) || (r == YMO_OK && ss->spool_fd >= 0))
+                && (r2 = spill(c, ss)) < 0) {
+                ymo__log(s, YMO_LOG_ERROR, "spooling a request body: %s", ymo_strerror(r2));
+                ymo_http_respond_error(c, 503, "could not store the request body");
+                return;
             }
             if (r == YMO_AGAIN) {
                 if (c->flags & YMO_CONN_EOF) {
@@ -397,11 +397,6 @@ static void process(ymo_conn_t *c)
             }
             if (r < 0) {
                 parse_failed(c, r);
-                return;
-            }
-            if (ss->spool_fd >= 0 && (r = spill(c, ss)) < 0) {
-                ymo__log(s, YMO_LOG_ERROR, "spooling a request body: %s", ymo_strerror(r));
-                ymo_http_respond_error(c, 503, "could not store the request body");
                 return;
             }
             ss->flags |= SF_BODY_DONE;
@@ -701,12 +696,10 @@ int ymo_http_body(ymo_conn_t *c, const char **data, size_t *len)
  * only while no response has started (RFC 9110 10.1.1). */
 static int send_continue(ymo_conn_t *c, session_t *ss)
 {
-    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
     if ((ss->flags & SF_CONTINUE_SENT) || (ss->resp.flags & YMO_RESP_STARTED)
         || !(ss->parser.flags & YMO_HTTP_F_EXPECT_CONTINUE))
         return 0;
-    ss->flags |= SF_CONTINUE_SENT;
-    int r = ymo_outq_copy(&c->out, cont, sizeof(cont) - 1);
+    int r = queue_continue(c, ss);
     if (r == 0)
         r = ymo_conn_flush_sync(c, c->server->cfg.send_timeout);
     return r;
