@@ -126,7 +126,6 @@ int ymo_ws_check_request(ymo_conn_t *c, ymo_ws_request_t *req)
     if (ext != NULL) {
         req->extensions = base + ext->value.off;
         req->extensions_len = ext->value.len;
-        req->extension_lines = n;
     }
     return 0;
 }
@@ -134,28 +133,25 @@ int ymo_ws_check_request(ymo_conn_t *c, ymo_ws_request_t *req)
 /* permessage-deflate from every Sec-WebSocket-Extensions line, in order, as
  * one list (the field may appear more than once, RFC 6455 11.3.2): the first
  * acceptable offer wins and every line must parse. 1, 0 or YMO_E_*. */
-static int negotiate(ymo_conn_t *c, const ymo_ws_request_t *req, ymo_ws_deflate_params_t *params,
-                     char *ext, size_t extlen)
+static int negotiate(ymo_conn_t *c, ymo_ws_deflate_params_t *params, char *ext, size_t extlen)
 {
-    if (req->extension_lines <= 1)
-        return ymo_ws_deflate_negotiate(req->extensions, req->extensions_len, params, ext, extlen);
     const char *base;
     const ymo_http_parser_t *p = ymo_http_request(c, &base);
+    ymo_ws_deflate_params_t later;
+    char later_ext[160];
     int accepted = 0;
     for (uint32_t i = 0; i < p->nheaders; i++) {
         const ymo_http_header_t *h = &p->headers[i];
         if (h->name.len != 24 || memcmp(base + h->name.off, "sec-websocket-extensions", 24) != 0)
             continue;
-        ymo_ws_deflate_params_t hp;
-        char hext[160];
-        int r = ymo_ws_deflate_negotiate(base + h->value.off, h->value.len, &hp, hext, sizeof(hext));
+        /* Lines after the accepted one are only checked. */
+        int r = accepted ? ymo_ws_deflate_negotiate(base + h->value.off, h->value.len, &later,
+                                                    later_ext, sizeof(later_ext))
+                         : ymo_ws_deflate_negotiate(base + h->value.off, h->value.len, params,
+                                                    ext, extlen);
         if (r < 0)
             return r;
-        if (r == 1 && !accepted) {
-            accepted = 1;
-            *params = hp;
-            snprintf(ext, extlen, "%s", hext);
-        }
+        accepted |= r;
     }
     return accepted;
 }
@@ -188,7 +184,7 @@ static int start(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subprot
     if (ymo_ws_accept_key(req->key, req->key_len, accept) < 0)
         return YMO_E_STATE;
     if (cfg->deflate && req->extensions != NULL) {
-        deflate = negotiate(c, req, &params, ext, sizeof(ext));
+        deflate = negotiate(c, &params, ext, sizeof(ext));
         if (deflate < 0) {
             ymo_http_respond_error(c, 400, "malformed Sec-WebSocket-Extensions");
             return deflate;

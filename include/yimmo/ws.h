@@ -167,9 +167,9 @@ typedef struct {
     size_t key_len;
     const char *protocols;      /* Sec-WebSocket-Protocol, or NULL */
     size_t protocols_len;
-    const char *extensions;     /* the first Sec-WebSocket-Extensions, or NULL */
+    const char *extensions;     /* the first Sec-WebSocket-Extensions, or NULL;
+                                   ymo_ws_accept reads every line */
     size_t extensions_len;
-    int extension_lines;        /* how many there are; ymo_ws_accept reads them all */
 } ymo_ws_request_t;
 
 /* Is the request on c a WebSocket handshake? 0 when it is one (req
