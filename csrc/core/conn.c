@@ -292,6 +292,7 @@ void ymo_conn_timer(ymo_conn_t *c, double seconds)
 {
     if (c->flags & (YMO_CONN_CLOSED | YMO_CONN_CHECKED_OUT))
         return;
+    c->flags &= ~YMO_CONN_SEND_TIMER;
     if (seconds <= 0) {
         ev_timer_stop(c->server->loop, &c->timer);
         return;
@@ -423,6 +424,7 @@ int ymo_conn_flush(ymo_conn_t *c)
                 c->flags |= YMO_CONN_WRITING;
             }
             ymo_conn_timer(c, s->cfg.send_timeout);
+            c->flags |= YMO_CONN_SEND_TIMER;
             return 0;
         }
         ymo__log(s, YMO_LOG_DEBUG, "write failed: %s", ymo_strerror((int)w));

@@ -59,7 +59,7 @@ static void ws_process(ymo_conn_t *c, ws_t *ws);
  * the send timeout its flush set, and stays so. */
 static void arm(ymo_conn_t *c, ws_t *ws)
 {
-    if (c->flags & YMO_CONN_WRITING)
+    if ((c->flags & YMO_CONN_SEND_TIMER) && c->out.bytes > 0)
         return;
     double t = ws->cfg.idle_timeout;
     if (ws->flags & WF_PING_OUT)
@@ -626,15 +626,15 @@ static void on_drained(ymo_conn_t *c)
     if ((ws->flags & WF_PONG_DUE) && !(ws->flags & WF_CLOSE_SENT))
         send_frame(c, 1, 0, YMO_WS_PONG, ws->pong, ws->pong_len, NULL);
     ws->flags &= ~WF_PONG_DUE;
-    /* The send timeout is over: the idle and ping deadlines again. */
-    if (!(ws->flags & WF_CLOSE_SENT))
+    /* A write blocked and is done: the idle and ping deadlines again. */
+    if ((c->flags & YMO_CONN_SEND_TIMER) && !(ws->flags & WF_CLOSE_SENT))
         arm(c, ws);
 }
 
 static void on_timeout(ymo_conn_t *c)
 {
     ws_t *ws = WS(c);
-    if (c->flags & YMO_CONN_WRITING) {
+    if (c->flags & YMO_CONN_SEND_TIMER) {
         /* send_timeout without progress: a close frame would wait behind
          * what the peer does not read, so the connection just ends. */
         notify_close(c, ws, YMO_WS_ABNORMAL, "", 0);
