@@ -296,17 +296,13 @@ static int start_response(YmoExchangeObject *ex, PyObject *status_o, PyObject *h
         PyErr_SetString(PyExc_RuntimeError, "the response has already started");
         return -1;
     }
-    if (!PyLong_Check(status_o)) {
-        PyErr_Format(PyExc_TypeError, "status must be an int, not %.100s",
-                     Py_TYPE(status_o)->tp_name);
+    unsigned long long status = 0;
+    if (status_o == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "status must be an int, not NoneType");
         return -1;
     }
-    int overflow;
-    long status = PyLong_AsLongAndOverflow(status_o, &overflow);
-    if (overflow || status < 200 || status > 999) {
-        PyErr_Format(PyExc_ValueError, "status must be in 200..999, not %R", status_o);
+    if (ymo__py_uint_arg(status_o, "status", 200, 999, &status) < 0)
         return -1;
-    }
     PyObject *it = NULL;
     if (headers != NULL && headers != Py_None) {
         if (PyDict_Check(headers)) {

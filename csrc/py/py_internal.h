@@ -122,6 +122,12 @@ PyObject *ymo__py_headers_new(ymo_py_state *st, PyObject *pairs);
 /* Raise yimmo.ParseError for a YMO_E* code. Returns NULL. */
 PyObject *ymo__py_raise_parse_error(ymo_py_state *st, int err);
 
+/* An int argument in min..max into *out: TypeError or ValueError naming it
+ * otherwise (a Python int past a C long included). NULL or None: *out is
+ * left as it is (the default). 0 or -1. */
+int ymo__py_uint_arg(PyObject *o, const char *name, unsigned long long min,
+                     unsigned long long max, unsigned long long *out);
+
 /* glibc's heap thresholds for a serving process (module.c), once, unless the
  * environment sets malloc's own variables. 1 when applied, else 0. */
 int ymo__py_tune_malloc(void);

@@ -245,7 +245,8 @@ static int set_busy_poll(PyObject *o, double *out)
     return 0;
 }
 
-static int set_uint(PyObject *o, const char *name, unsigned long long max, unsigned long long *out)
+int ymo__py_uint_arg(PyObject *o, const char *name, unsigned long long min,
+                     unsigned long long max, unsigned long long *out)
 {
     if (o == NULL || o == Py_None)
         return 0;
@@ -254,15 +255,28 @@ static int set_uint(PyObject *o, const char *name, unsigned long long max, unsig
         return -1;
     }
     int overflow = 0;
-    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-    if (v == -1 && PyErr_Occurred())
+    long long sv = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (sv == -1 && PyErr_Occurred())
         return -1;
-    if (overflow || v < 1 || (unsigned long long)v > max) {
-        PyErr_Format(PyExc_ValueError, "%s must be in 1..%llu, not %R", name, max, o);
+    unsigned long long v = (unsigned long long)sv;
+    if (overflow > 0) {
+        v = PyLong_AsUnsignedLongLong(o);      /* up to 2**64 - 1 */
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            overflow = -1;
+        }
+    }
+    if (overflow < 0 || (overflow == 0 && sv < 0) || v < min || v > max) {
+        PyErr_Format(PyExc_ValueError, "%s must be in %llu..%llu, not %R", name, min, max, o);
         return -1;
     }
-    *out = (unsigned long long)v;
+    *out = v;
     return 0;
+}
+
+static int set_uint(PyObject *o, const char *name, unsigned long long max, unsigned long long *out)
+{
+    return ymo__py_uint_arg(o, name, 1, max, out);
 }
 
 static PyObject *listen_error(int err, PyObject *where)
@@ -440,20 +454,9 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         PyErr_SetString(PyExc_TypeError, "access_log must be callable or None");
         return NULL;
     }
-    long nthreads = 0;
-    if (threads != NULL && threads != Py_None) {
-        if (!PyLong_Check(threads)) {
-            PyErr_Format(PyExc_TypeError, "threads must be an int, not %.100s",
-                         Py_TYPE(threads)->tp_name);
-            return NULL;
-        }
-        int overflow;
-        nthreads = PyLong_AsLongAndOverflow(threads, &overflow);
-        if (overflow || nthreads < 0 || nthreads > 1024) {
-            PyErr_Format(PyExc_ValueError, "threads must be in 0..1024, not %R", threads);
-            return NULL;
-        }
-    }
+    unsigned long long nthreads = 0;
+    if (ymo__py_uint_arg(threads, "threads", 0, 1024, &nthreads) < 0)
+        return NULL;
     for (int i = 0; i < 2; i++) {
         PyObject *o = i ? script_name : url_scheme;
         if (o != NULL && !PyUnicode_Check(o)) {
@@ -476,19 +479,9 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
             return NULL;
         }
     }
-    long port = 8000;
-    if (port_o != NULL && port_o != Py_None) {
-        if (!PyLong_Check(port_o)) {
-            PyErr_Format(PyExc_TypeError, "port must be an int, not %.100s", Py_TYPE(port_o)->tp_name);
-            return NULL;
-        }
-        int overflow;
-        port = PyLong_AsLongAndOverflow(port_o, &overflow);
-        if (overflow || port < 0 || port > 65535) {
-            PyErr_Format(PyExc_ValueError, "port must be in 0..65535, not %R", port_o);
-            return NULL;
-        }
-    }
+    unsigned long long port = 8000;
+    if (ymo__py_uint_arg(port_o, "port", 0, 65535, &port) < 0)
+        return NULL;
 
     ymo_server_config_t cfg;
     ymo_server_config_default(&cfg);
@@ -628,8 +621,8 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
                               (reuse_port ? YMO_LISTEN_REUSEPORT : 0)
                                   | (tls_o != Py_None ? YMO_LISTEN_TLS : 0));
         if (r < 0) {
-            PyObject *w = strchr(host, ':') ? PyUnicode_FromFormat("[%s]:%ld", host, port)
-                                            : PyUnicode_FromFormat("%s:%ld", host, port);
+            PyObject *w = strchr(host, ':') ? PyUnicode_FromFormat("[%s]:%d", host, (int)port)
+                                            : PyUnicode_FromFormat("%s:%d", host, (int)port);
             listen_error(r, w);
             Py_XDECREF(w);
             goto error;

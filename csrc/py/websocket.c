@@ -679,25 +679,6 @@ error:
     return -1;
 }
 
-/* A size argument: an int in 0..2**64-1 (the "K" format would wrap a
- * negative one into "unlimited"). */
-static int size_arg(PyObject *o, const char *name, unsigned long long *out)
-{
-    if (o == NULL)
-        return 0;
-    if (!PyLong_Check(o)) {
-        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", name, Py_TYPE(o)->tp_name);
-        return -1;
-    }
-    unsigned long long v = PyLong_AsUnsignedLongLong(o);
-    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_ValueError, "%s must be in 0..2**64-1, not %R", name, o);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static PyObject *parse_ws_frames(PyObject *module, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"data", "max_message", "require_mask", "rsv_allowed", "cuts", NULL};
@@ -708,7 +689,9 @@ static PyObject *parse_ws_frames(PyObject *module, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|$OpiO:parse_ws_frames", kwlist, &buf, &max_o,
                                      &require_mask, &rsv_allowed, &cuts_o))
         return NULL;
-    if (size_arg(max_o, "max_message", &max) < 0 || (rsv_allowed & ~0x70) != 0) {
+    /* Checked, not wrapped by a "K" format: -1 would be "unlimited". */
+    if (ymo__py_uint_arg(max_o, "max_message", 0, ULLONG_MAX, &max) < 0
+        || (rsv_allowed & ~0x70) != 0) {
         if (!PyErr_Occurred())
             PyErr_Format(PyExc_ValueError, "rsv_allowed must be RSV bits (0x10, 0x20, 0x40 "
                                            "or a sum), not %d", rsv_allowed);
@@ -1078,7 +1061,7 @@ static PyObject *inflate_ws_message(PyObject *module, PyObject *args, PyObject *
     if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|$Op:inflate_ws_message", kwlist, &buf, &max_o,
                                      &no_takeover))
         return NULL;
-    if (size_arg(max_o, "max_size", &max) < 0) {
+    if (ymo__py_uint_arg(max_o, "max_size", 0, ULLONG_MAX, &max) < 0) {
         PyBuffer_Release(&buf);
         return NULL;
     }
