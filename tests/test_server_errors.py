@@ -6,7 +6,7 @@ import socket
 import pytest
 
 import yimmo
-from conftest import RawConn, get_request, parse_responses, raw_request
+from conftest import IO_TIMEOUT, RawConn, get_request, parse_responses, raw_request
 
 
 def ok(ex):
@@ -217,8 +217,13 @@ def test_an_unbound_socket_is_refused(family):
 def test_the_worker_thread_body_outside_run_returns():
     """_work() is what run() starts its worker threads with; called on its
     own it once waited forever for requests that never came."""
+    import threading
     for threads in (0, 2):
-        assert yimmo.Server(ok, port=0, threads=threads)._work() is None
+        srv = yimmo.Server(ok, port=0, threads=threads)
+        t = threading.Thread(target=srv._work, daemon=True)    # fails, not hangs, if it waits
+        t.start()
+        t.join(IO_TIMEOUT)
+        assert not t.is_alive(), "_work() still waiting outside run()"
 
 
 def test_binding_an_address_in_use_is_oserror_naming_it():
