@@ -1124,15 +1124,16 @@ def ref_url_scheme(headers, url_scheme, proxied):
 
 
 def ref_path_info(path, script_name):
-    """PEP 3333: PATH_INFO is the percent-decoded path as latin-1, without
-    SCRIPT_NAME when the path lies under it (at a '/' boundary)."""
+    """PEP 3333: (SCRIPT_NAME, PATH_INFO). PATH_INFO is the percent-decoded
+    path as latin-1, without SCRIPT_NAME when the path lies under it (at a
+    '/' boundary); a path outside it gets an empty SCRIPT_NAME."""
     from urllib.parse import unquote_to_bytes
 
     p = unquote_to_bytes(path.encode("latin-1")).decode("latin-1")
     if script_name and p.startswith(script_name) and (
             len(p) == len(script_name) or p[len(script_name)] == "/"):
-        p = p[len(script_name):]
-    return p
+        return script_name, p[len(script_name):]
+    return "", p
 
 
 def ref_target_authority(req):
@@ -1233,9 +1234,8 @@ def check_environ(raw):
     expect(hdr == want_hdr, "header entries", hdr, want_hdr, req[1])
 
     expect(env["REQUEST_METHOD"] == req[0], "REQUEST_METHOD", env["REQUEST_METHOD"], req[0])
-    expect(env["PATH_INFO"] == ref_path_info(req[2], script_name),
-           "PATH_INFO", env["PATH_INFO"], req[2], script_name)
-    expect(env["SCRIPT_NAME"] == script_name, "SCRIPT_NAME", env["SCRIPT_NAME"])
+    expect((env["SCRIPT_NAME"], env["PATH_INFO"]) == ref_path_info(req[2], script_name),
+           "SCRIPT_NAME, PATH_INFO", env["SCRIPT_NAME"], env["PATH_INFO"], req[2], script_name)
     expect(env["QUERY_STRING"] == req[3], "QUERY_STRING", env["QUERY_STRING"], req[3])
     expect(env["RAW_URI"] == req[1], "RAW_URI", env["RAW_URI"], req[1])
     expect(env["SERVER_PROTOCOL"] == req[4], "SERVER_PROTOCOL", env["SERVER_PROTOCOL"])

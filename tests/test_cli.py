@@ -499,7 +499,7 @@ def test_script_name_and_forwarded_scheme(server):
     y = server("hello:describe", env={"SCRIPT_NAME": "/app"})
     assert y.get("/app/x", headers={"X-Forwarded-Proto": "https"})[2] == b"/app|/x|https"
     assert y.get("/app")[2] == b"/app||http"
-    assert y.get("/elsewhere")[2] == b"/app|/elsewhere|http"
+    assert y.get("/elsewhere")[2] == b"|/elsewhere|http"    # outside it: no SCRIPT_NAME
 
 
 def test_the_worker_stays_at_its_connection_limit(server):

@@ -197,7 +197,7 @@ def test_environ_check_catches_forged_environs(monkeypatch):
 
     real = yimmo.parsers.build_wsgi_environ
     data = checks.encode_environ_input(
-        b"GET /a%41?q HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx-a: 2\r\nContent-Type: t\r\n\r\n",
+        b"GET /app/a%41?q HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx-a: 2\r\nContent-Type: t\r\n\r\n",
         script_name="/app")
     assert checks.check_environ(data)["HTTP_X_A"] == "1,2"
     forgeries = [

@@ -196,6 +196,19 @@ def test_head_has_get_headers_and_no_body(server):
     assert names(head) == names(get)
 
 
+def test_head_answered_with_an_empty_body_claims_no_length(server):
+    def handler(ex):
+        ex.respond(200, [("Content-Type", "text/plain")], b"" if ex.method == "HEAD" else b"abc")
+
+    live = server(handler)
+    with RawConn(live.address) as c:
+        c.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        head = c.read_response("HEAD")
+        get = c.read_response("GET")
+    assert head.status == 200 and head.header("content-length") is None
+    assert get.body == b"abc" and get.header("content-length") == "3"
+
+
 def test_head_with_streaming_handler_sends_no_body(server):
     def handler(ex):
         ex.start(200, [("Content-Type", "text/plain")])

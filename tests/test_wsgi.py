@@ -209,6 +209,15 @@ def test_script_name_is_given_and_stripped_from_path_info(env_server):
     assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/app", "")
 
 
+@pytest.mark.parametrize("path", ["/other", "/appx", "/", "/ap"])
+def test_a_path_outside_script_name_gets_an_empty_script_name(env_server, path):
+    # Not under the mount point: SCRIPT_NAME "/app" would make the app
+    # rebuild /app/other for a request of /other (or /app/appx for /appx).
+    live = env_server(script_name="/app")
+    env = one_environ(live, request(path))
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("", path)
+
+
 def test_multiprocess_is_as_given(env_server):
     live = env_server(multiprocess=True)
     env = one_environ(live, request())
@@ -1272,6 +1281,27 @@ def test_head_has_no_body_but_the_same_content_length(wsgi_server):
             get = c.read_response()
         assert head.status == 200 and head.header("content-length") == "11", path
         assert get.body == b"hello world" and get.header("content-length") == "11"
+
+
+@pytest.mark.parametrize("threads", [0, 4])
+def test_head_answered_with_an_empty_body_claims_no_length(wsgi_server, threads):
+    # Werkzeug answers every HEAD of a streamed response with an empty
+    # iterable: that says nothing of the GET's length, so no Content-Length
+    # (RFC 9110 9.3.2), where "Content-Length: 0" would be a wrong one.
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        if environ["REQUEST_METHOD"] == "HEAD":
+            return [] if environ["PATH_INFO"] == "/list" else iter([])
+        return (b"hello %d" % i for i in range(2))
+
+    live = wsgi_server(app, validate=False, threads=threads)
+    for path in ("/list", "/iter"):
+        with RawConn(live.address) as c:
+            c.send(b"HEAD %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode() + get_request(path))
+            head = c.read_response("HEAD")
+            get = c.read_response()
+        assert head.status == 200 and head.header("content-length") is None, path
+        assert get.body == b"hello 0hello 1"
 
 
 def test_file_wrapper_serves_a_file_and_closes_it(wsgi_server, tmp_path):

@@ -487,7 +487,7 @@ OPTIONS = [
            validate=_check_proxies, metavar="ADDRESSES", maps_to="forwarded_allow_ips"),
     Option("script_name", ("--script-name",), _to_str, _default_script_name,
            "The path the app is mounted at (SCRIPT_NAME); a request path under it has it removed "
-           "in PATH_INFO. Default $SCRIPT_NAME, or none.",
+           "in PATH_INFO; a path outside it gets an empty SCRIPT_NAME. Default $SCRIPT_NAME, or none.",
            validate=_check_script_name, metavar="PATH", maps_to="script_name"),
     Option("backlog", ("--backlog",), _to_int, 2048,
            "Listen queue length of each listening socket.",

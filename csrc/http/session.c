@@ -1103,6 +1103,10 @@ int ymo_http_response_end_head(ymo_conn_t *c, int64_t known_len)
 
     if (r->status >= 200 && r->status != 204 && r->status != 304
         && !(r->flags & YMO_RESP_HAS_LENGTH)) {
+        /* A HEAD answered with no body says nothing of the GET's length
+         * (RFC 9110 9.3.2): an empty body is not a length of 0 there. */
+        if (known_len == 0 && (ss->parser.flags & YMO_HTTP_F_HEAD))
+            known_len = -1;
         if (known_len >= 0) {
             r->flags |= YMO_RESP_HAS_LENGTH;
             r->content_length = (uint64_t)known_len;

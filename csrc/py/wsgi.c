@@ -675,11 +675,14 @@ static PyObject *decode_path(const char *p, size_t len)
 }
 
 /* PATH_INFO: the path with SCRIPT_NAME taken off the front when the path
- * lies under it (PEP 3333 URL reconstruction). */
-static PyObject *path_info(PyObject *script_name, const char *p, size_t len)
+ * lies under it (PEP 3333 URL reconstruction). *outside is set when it does
+ * not: that request's SCRIPT_NAME is then empty, so that SCRIPT_NAME +
+ * PATH_INFO still names what was asked for. */
+static PyObject *path_info(PyObject *script_name, const char *p, size_t len, int *outside)
 {
     PyObject *path = decode_path(p, len);
     Py_ssize_t sl = PyUnicode_GET_LENGTH(script_name);
+    *outside = 0;
     if (path == NULL || sl == 0)
         return path;
     Py_ssize_t pl = PyUnicode_GET_LENGTH(path);
@@ -689,6 +692,7 @@ static PyObject *path_info(PyObject *script_name, const char *p, size_t len)
         Py_DECREF(path);
         return rest;
     }
+    *outside = 1;
     return path;
 }
 
@@ -994,10 +998,12 @@ static PyObject *environ_build(ymo_py_state *st, PyObject *template, const ymo_h
     if (env == NULL)
         return NULL;
 
+    int outside;
     if (set_item(env, K[WK_REQUEST_METHOD],
                  ymo__py_method_str(st, base + p->method.off, p->method.len)) < 0
         || set_item(env, K[WK_PATH_INFO],
-                    path_info(src->script_name, base + p->path.off, p->path.len)) < 0
+                    path_info(src->script_name, base + p->path.off, p->path.len, &outside)) < 0
+        || (outside && PyDict_SetItem(env, K[WK_SCRIPT_NAME], st->str_empty) < 0)
         || set_item(env, K[WK_QUERY_STRING],
                     (p->flags & YMO_HTTP_F_HAS_QUERY)
                         ? PyUnicode_DecodeLatin1(base + p->query.off, p->query.len, NULL)
