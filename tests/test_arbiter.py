@@ -280,6 +280,34 @@ def test_stale_unix_socket_is_replaced_live_one_refused(server, tmp_path):
     assert y.wait_exit() == 0
 
 
+def test_unix_socket_of_a_busy_server_is_refused_at_once(tmp_path):
+    # A live server whose backlog is full: the probe's connect would wait;
+    # it gives up at once and the socket file is left alone.
+    path = str(tmp_path / "busy.sock")
+    busy = socket.socket(socket.AF_UNIX)
+    busy.bind(path)
+    busy.listen(0)
+    held = []
+    try:
+        for _ in range(4):
+            c = socket.socket(socket.AF_UNIX)
+            c.setblocking(False)
+            try:
+                c.connect(path)
+            except BlockingIOError:
+                c.close()
+                break
+            held.append(c)
+        r = run_cli("-b", "unix:" + path, "hello:application", timeout=10)
+        assert r.returncode == 1
+        assert r.stderr.strip().splitlines()[-1].endswith("another server is listening there")
+        assert os.path.exists(path)
+    finally:
+        for c in held:
+            c.close()
+        busy.close()
+
+
 def test_inherited_fd(server):
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
@@ -387,6 +415,111 @@ def test_a_replacement_that_cannot_load_the_app_stops_the_manager(server, tmp_pa
     assert y.wait_exit() == 3
     assert y.stderr.splitlines()[-1].startswith(
         "yimmo-wsgi: error: worker failed to boot: error importing 'flip': ModuleNotFoundError")
+
+
+def test_a_replacement_that_cannot_load_the_app_while_others_serve_is_retried(server, tmp_path):
+    # The code on disk broke after the workers started (a deploy without
+    # HUP, broken certificate files): the worker that still runs keeps
+    # serving, and the replacement is tried again later, not in a loop.
+    (tmp_path / "flip.py").write_text(GOOD_APP)
+    y = server("-w", "2", "flip:application", cwd=tmp_path, workers=2,
+               env={"PYTHONDONTWRITEBYTECODE": "1"})
+    victim, survivor = y.ready_pids()
+    (tmp_path / "flip.py").write_text(BROKEN_APP)
+    y.signal_worker(victim, signal.SIGKILL)
+    y.wait_log(r"\[ERROR\] Serving with the workers that run; the next one starts in 1.0 s")
+    assert y.get("/")[2] == b"v1" and y.live_workers() == [survivor]
+    assert y.proc.poll() is None
+    (tmp_path / "flip.py").write_text(GOOD_APP.replace("v1", "v2"))
+    y.wait_log(READY_RE, count=3)
+    assert len(y.live_workers()) == 2
+
+
+def test_a_refused_reload_leaves_the_old_settings_in_force(server, tmp_path):
+    # The refused reload asked for 3 workers: the manager goes on with 2,
+    # also when it later replaces one.
+    (tmp_path / "flip.py").write_text(GOOD_APP)
+    conf = tmp_path / "yimmo.toml"
+    conf.write_text("workers = 2\n")
+    y = server("-c", str(conf), "flip:application", cwd=tmp_path, workers=2,
+               env={"PYTHONDONTWRITEBYTECODE": "1"})
+    old = sorted(y.ready_pids())
+    conf.write_text("workers = 3\n")
+    (tmp_path / "flip.py").write_text(BROKEN_APP)
+    y.signal(signal.SIGHUP)
+    y.wait_log(r"Reload failed, keeping the old workers")
+    (tmp_path / "flip.py").write_text(GOOD_APP)
+    y.signal_worker(old[0], signal.SIGKILL)
+    y.wait_log(READY_RE, count=3)
+    assert y.get("/")[0] == 200 and y.proc.poll() is None
+    time.sleep(0.5)     # the time a third worker would take to show up
+    assert len(y.live_workers()) == 2 and len(y.ready_pids()) == 3
+
+
+SLOW_APP = "import time\ntime.sleep(2)\n" + GOOD_APP.replace("v1", "v2")
+
+
+def test_a_second_hup_while_the_first_boots_keeps_the_serving_workers(server, tmp_path):
+    # The second HUP overtakes the first one's workers (still importing):
+    # they go, the workers that serve stay until the newest are ready, and
+    # when the newest cannot load the app those serving workers carry on.
+    (tmp_path / "flip.py").write_text(GOOD_APP)
+    y = server("-w", "2", "flip:application", cwd=tmp_path, workers=2,
+               env={"PYTHONDONTWRITEBYTECODE": "1"})
+    old = sorted(y.ready_pids())
+    (tmp_path / "flip.py").write_text(SLOW_APP)
+    y.signal(signal.SIGHUP)
+    y.wait_log(BOOT_RE, count=4)
+    (tmp_path / "flip.py").write_text(BROKEN_APP)
+    y.signal(signal.SIGHUP)
+    assert y.get("/", timeout=1)[2] == b"v1"
+    y.wait_log(r"Reload failed, keeping the old workers")
+    assert y.get("/", timeout=1)[2] == b"v1"
+    assert sorted(y.live_workers()) == old and y.proc.poll() is None
+
+
+def test_ttou_while_workers_boot_is_not_a_bad_app(server, tmp_path):
+    # Booting lines show 2 s into the start (held until then), the
+    # workers are ready after 4.
+    (tmp_path / "flip.py").write_text(SLOW_APP.replace("sleep(2)", "sleep(4)"))
+    y = server("-w", "2", "flip:application", cwd=tmp_path, wait=False,
+               env={"PYTHONDONTWRITEBYTECODE": "1"})
+    y.wait_log(BOOT_RE, count=2)
+    y.signal(signal.SIGTTOU)
+    y.wait_ready(workers=1)
+    assert y.get("/")[2] == b"v2" and y.proc.poll() is None
+
+
+def test_new_connections_are_refused_during_the_drain(server, tmp_path):
+    # The app holds the loop thread (--threads 0): the listening sockets
+    # close at TERM anyway, so a new client is refused, not left in the
+    # backlog until the drain ends and then reset.
+    mark = str(tmp_path / "mark")
+    y = server("--graceful-timeout", "10", "hello:application", env={"YIMMO_TEST_MARK": mark})
+    req = in_background(y.get, "/sleep/3")
+    _in_flight(mark)
+    y.signal(signal.SIGTERM)
+    y.wait_log(r"Handling signal: term")
+
+    def refused():
+        try:
+            socket.create_connection((y.host, y.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+    wait_until(refused, timeout=2, what="new connections to be refused")
+    req["thread"].join(10)
+    assert req["result"][0] == 200
+    assert y.wait_exit() == 0
+
+
+def test_workers_stop_when_the_manager_is_killed(server):
+    y = server("-w", "2", "hello:application", workers=2)
+    pids = y.ready_pids()
+    y.signal(signal.SIGKILL)
+    wait_until(lambda: all(pid_gone(p) for p in pids), what="the orphaned workers to stop")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((y.host, y.port), timeout=1)
 
 
 def test_second_int_makes_the_drain_fast(server, tmp_path):

@@ -54,7 +54,8 @@ BAD_FLAGS = [
     (["-w"], "expected one argument"),
     (["-w", "0"], "-w/--workers: must be >= 1"),
     (["--workers", "two"], "expected an integer"),
-    (["--threads", "-1"], "--threads: must be >= 0"),
+    (["--threads", "-1"], "--threads: must be between 0 and 1024"),
+    (["--threads", "1025"], "--threads: must be between 0 and 1024"),
     (["-t", "soon"], "-t/--timeout: expected a number"),
     (["--graceful-timeout", "-5"], "must be >= 0"),
     (["--keep-alive", "-1"], "--keep-alive: must be >= 0"),
@@ -66,11 +67,19 @@ BAD_FLAGS = [
     (["-b", "unix:"], "has no path"),
     (["-b", "fd://three"], "fd:// takes a file descriptor number"),
     (["--access-logformat", "%(h"], "not a valid log format"),
-    (["--limit-request-line", "0"], "must be >= 1"),
+    (["--limit-request-line", "0"], "must be between 1 and 1048576"),
     (["--limit-request-fields", "x"], "expected an integer"),
-    (["--limit-request-field-size", "0"], "must be >= 1"),
-    (["--max-body-size", "-1"], "must be >= 1"),
-    (["--backlog", "0"], "must be >= 1"),
+    (["--limit-request-field-size", "0"], "must be between 1 and 1048576"),
+    (["--max-body-size", "-1"], "must be between 1 and"),
+    (["--backlog", "0"], "must be between 1 and 65535"),
+    # The engine's own ranges: --check-config says what the start would.
+    (["--backlog", "99999999999"], "must be between 1 and 65535"),
+    (["--worker-connections", "99999999999"], "must be between 1 and 16777216"),
+    (["--read-size", "99999999999"], "must be between 1 and 16777216"),
+    (["--graceful-timeout", "nan"], "expected a number"),
+    (["-t", "inf"], "expected a number"),
+    (["-b", "fd://99999999999999999999"], "fd:// takes a file descriptor number"),
+    (["-b", "fd://\u0663"], "fd:// takes a file descriptor number"),
 ]
 
 
@@ -140,6 +149,24 @@ def test_syntax_error_in_the_module(tmp_path):
     line = assert_one_line_error(run_cli("--check-config", "badsyntax:application", cwd=tmp_path),
                                  "error importing 'badsyntax': SyntaxError")
     assert "badsyntax.py:1)" in line
+
+
+@pytest.mark.parametrize("mode", ["check-config", "serving"])
+def test_a_base_exception_while_importing_is_one_line_exit_2(tmp_path, mode):
+    (tmp_path / "interrupted.py").write_text("raise KeyboardInterrupt('half a deploy')\n")
+    args = ("--check-config",) if mode == "check-config" else ("-b", "127.0.0.1:0")
+    assert_one_line_error(run_cli(*args, "interrupted:app", cwd=tmp_path),
+                          "error importing 'interrupted': KeyboardInterrupt: half a deploy "
+                          "(interrupted.py:1)")
+
+
+def test_check_config_opens_the_log_files(tmp_path):
+    # What the start would refuse, --check-config refuses.
+    missing = str(tmp_path / "no" / "such" / "dir" / "access.log")
+    assert_one_line_error(run_cli("--check-config", "--access-logfile", missing, "hello:app"),
+                          "cannot open log file %s: No such file or directory" % missing)
+    ok = tmp_path / "error.log"
+    assert run_cli("--check-config", "--error-logfile", str(ok), "hello:app").returncode == 0
 
 
 @pytest.mark.parametrize("spec", ["hello", "hello:application", "hello:app", 'hello:create_app("hi")',

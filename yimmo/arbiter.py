@@ -391,11 +391,19 @@ def _clear_stale_unix_socket(spec, path):
     if not stat.S_ISSOCK(st.st_mode):
         raise BindError("could not bind to %s: %s exists and is not a socket" % (spec, path))
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
     try:
         probe.connect(path)
-    except OSError:
-        os.unlink(path)  # Nobody answers: a leftover from a crashed server.
+    except (ConnectionRefusedError, FileNotFoundError):
+        try:
+            os.unlink(path)  # Nobody listens: a leftover from a crashed server.
+        except FileNotFoundError:
+            pass
         return
+    except (BlockingIOError, TimeoutError):
+        pass    # Someone listens, with a full backlog.
+    except OSError as e:
+        raise BindError("could not bind to %s: %s" % (spec, e.strerror or e)) from None
     finally:
         probe.close()
     raise BindError("could not bind to %s: another server is listening there" % (spec,))
@@ -485,6 +493,8 @@ class WorkerProcess:
             try:
                 app = a.loader()
             except a.app_error as e:
+                if self.stopping:
+                    return 0    # TERM, INT or QUIT while importing (TTOU, a reload): not the app's fault
                 self._report("E %d %s" % (os.getpid(), e))
                 return WORKER_BOOT_ERROR
         s = self.settings
@@ -526,6 +536,8 @@ class WorkerProcess:
         )
         beat, pack, now = self.worker.beat, struct.pack_into, time.monotonic
 
+        manager = a.pid
+
         def tick():
             # On the loop thread: the heartbeat, and a USR1's log reopen
             # (done here rather than in the signal handler, which may have
@@ -534,6 +546,11 @@ class WorkerProcess:
             if self.reopen_requested:
                 self.reopen_requested = False
                 a.logs.reopen()
+            if os.getppid() != manager and not self.stopping:
+                # The manager is gone (SIGKILL, OOM): an orphan would hold
+                # the port against the next start.
+                log.warning("Manager (pid:%d) is gone; worker stopping (pid: %d)", manager, os.getpid())
+                self._stop(self.settings.graceful_timeout)
         kw["on_tick"] = tick
         kw["tick_interval"] = max(0.05, min(1.0, s.timeout / 4.0)) if s.timeout > 0 else 1.0
         if s.threads:
@@ -553,6 +570,12 @@ class WorkerProcess:
         except (ValueError, OSError) as e:
             self._report("E %d could not start the server: %s" % (os.getpid(), e))
             return WORKER_BOOT_ERROR
+        # The server holds its own copies of the listening sockets, and
+        # closes them when it stops: drop the inherited ones, so that once
+        # every process has stopped, new connections are refused rather
+        # than left in the backlog.
+        for l in a.listeners:
+            l.sock.close()
         self.worker.stamp()
         self._report("R %d" % os.getpid())
         if self.stopping:  # TERM arrived while loading the app.
@@ -627,6 +650,7 @@ class Arbiter:
         self.spawn_delay = 0.0                # grows while workers die before they are ready
         self.spawn_after = 0.0                # monotonic time before which none is spawned
         self.reload_from = None               # generation a HUP is replacing
+        self.gen_settings = {0: (settings, settings.workers)}  # generation -> what its workers run
         self.pid = os.getpid()
         self.wake_r = self.wake_w = self.status_r = self.status_w = -1
         self.status_buf = b""
@@ -780,19 +804,49 @@ class Arbiter:
             return
         if self.reload_from is not None and w is not None and w.gen == self.gen:
             log.error("Reload failed, keeping the old workers: %s", msg)
-            failed = self.gen
-            self.gen = self.reload_from
-            self.reload_from = None
-            for other in self.workers.values():
-                if other.gen == failed:
-                    self._retire(other, signal.SIGQUIT)
+            self._abandon_reload()
             return
         if w is not None and w.gen != self.gen:
             return  # Another worker of a reload already abandoned.
         log.error("Worker (pid:%d) failed to boot: %s", pid, msg)
+        if any(x.ready and x.retiring is None for x in self.workers.values()):
+            # Others serve (a replacement met code broken since they
+            # started): keep them, and try again later, not in a loop.
+            self.spawn_delay = min(max(self.spawn_delay * 2, 1.0), 30.0)
+            self.spawn_after = time.monotonic() + self.spawn_delay
+            log.error("Serving with the workers that run; the next one starts in %.1f s",
+                      self.spawn_delay)
+            return
         self.fatal = "worker failed to boot: %s" % (msg,)
         self.exit_status = EXIT_BOOT_ERROR
         self._shutdown(graceful=True)
+
+    def _abandon_reload(self):
+        """A reload's worker could not boot: its generation goes, and the
+        workers still serving (of the generation before, or of an earlier
+        reload that a second HUP overtook) stay, with their settings."""
+        failed = self.gen
+        for x in self.workers.values():
+            if x.gen == failed:
+                self._retire(x, signal.SIGQUIT)
+        keep = [x for x in self.workers.values() if x.retiring is None]
+        serving = [x.gen for x in keep if x.ready]
+        back = max(serving) if serving else self.reload_from
+        for x in keep:
+            if x.ready:
+                x.gen = back
+            else:
+                self._retire(x, signal.SIGQUIT)   # booting the new code, too
+        self.gen = back
+        self.reload_from = None
+        settings, self.num_workers = self.gen_settings[back]
+        self.gen_settings = {back: self.gen_settings[back]}
+        if settings is not self.settings:
+            self.settings = settings
+            try:
+                self.logs.setup(settings)
+            except OSError as e:
+                log.error("Reload: cannot reopen the old log files: %s", e)
 
     def _loop(self):
         self._manage()
@@ -878,14 +932,23 @@ class Arbiter:
             for _ in range(self.num_workers - len(active)):
                 self._spawn()
         # Reload in progress: one old worker leaves per new worker ready.
+        # Old ones still booting (of a reload a second HUP overtook) serve
+        # nobody: they go at once, and never count as serving.
         if self.reload_from is not None:
             ready = sum(1 for w in self._active() if w.ready)
-            old = sorted((w for w in self.workers.values()
-                          if w.gen != self.gen and w.retiring is None), key=lambda w: w.age)
+            old = []
+            for w in self.workers.values():
+                if w.gen != self.gen and w.retiring is None:
+                    if w.ready:
+                        old.append(w)
+                    else:
+                        self._retire(w, signal.SIGQUIT)
+            old.sort(key=lambda w: w.age)
             while old and ready + len(old) > self.num_workers:
                 self._retire(old.pop(0), signal.SIGTERM)
             if not old:
                 self.reload_from = None
+                self.gen_settings = {self.gen: self.gen_settings[self.gen]}
 
     def _retire(self, w, sig):
         if w.retiring is None:
@@ -1005,6 +1068,7 @@ class Arbiter:
         # a late report from that reload's workers must not match this one.
         self.last_gen += 1
         self.gen = self.last_gen
+        self.gen_settings[self.gen] = (self.settings, self.num_workers)
         self._manage()
 
     # -- stopping
@@ -1012,6 +1076,10 @@ class Arbiter:
     def _shutdown(self, graceful):
         """Stop every worker (TERM, or QUIT when not graceful) and wait for them."""
         self._stopping = True
+        # New clients are refused from now on, not left in the backlog
+        # until the drain ends (each worker closes its copies as it stops).
+        for l in self.listeners:
+            l.close()
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         limit = self.settings.graceful_timeout
         deadline = time.monotonic() + limit

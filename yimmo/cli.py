@@ -83,7 +83,7 @@ def load_app(spec):
                        % (module, e.msg, e.filename, e.lineno)) from None
     except SystemExit as e:
         raise AppError("error importing %r: it called sys.exit(%r)%s" % (module, e.code, _where(e))) from None
-    except Exception as e:
+    except BaseException as e:     # KeyboardInterrupt or GeneratorExit raised by the module, too
         raise AppError("error importing %r: %s%s" % (module, _one_line(e), _where(e))) from None
 
     if expr is None:
@@ -104,7 +104,7 @@ def load_app(spec):
             app = eval(code, vars(mod))
         except SystemExit as e:
             raise AppError("app %r called sys.exit(%r)%s" % (shown, e.code, _where(e))) from None
-        except Exception as e:
+        except BaseException as e:
             raise AppError("app %r raised %s%s" % (shown, _one_line(e), _where(e))) from None
     if not callable(app):
         raise AppError("app %r is not callable (it is %s)" % (shown, type(app).__name__))
@@ -178,9 +178,17 @@ def main(argv=None):
         parse_app_spec(settings.app)
         if settings.check_config:
             load_app(settings.app)
-            return 0
     except AppError as e:
         return _die(e)
+    if settings.check_config:
+        # The log files the server would open (created if missing, as then).
+        for path in (settings.error_logfile, settings.access_logfile):
+            if path not in (None, "-"):
+                try:
+                    open(path, "a").close()
+                except OSError as e:
+                    return _die("cannot open log file %s: %s" % (e.filename, e.strerror or e))
+        return 0
 
     from .arbiter import Arbiter, Logs
     logs = Logs()

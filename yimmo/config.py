@@ -23,6 +23,7 @@ builds the ``tls=`` dict of ``yimmo.WSGIServer``.
 """
 import argparse
 import ipaddress
+import math
 import os
 import re
 import sys
@@ -64,14 +65,17 @@ def _to_int(v):
 def _to_float(v):
     if isinstance(v, bool):
         raise ValueError("expected a number, got %r" % (v,))
+    f = None
     if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
+        f = float(v)
+    elif isinstance(v, str):
         try:
-            return float(v.strip())
+            f = float(v.strip())
         except ValueError:
             pass
-    raise ValueError("expected a number, got %r" % (v,))
+    if f is None or not math.isfinite(f):
+        raise ValueError("expected a number, got %r" % (v,))
+    return f
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -275,7 +279,7 @@ def parse_bind(spec):
         return Bind(spec, "unix", path=path)
     if s.startswith("fd://"):
         n = s[5:]
-        if not n.isdigit():
+        if not (n.isascii() and n.isdigit() and len(n) <= 9):
             raise ValueError("bind address %r: fd:// takes a file descriptor number" % (spec,))
         return Bind(spec, "fd", fd=int(n))
     if "://" in s:
@@ -417,7 +421,7 @@ OPTIONS = [
            validate=_at_least(1), metavar="INT", section="workers"),
     Option("threads", ("--threads",), _to_int, 0,
            "Application threads per worker; 0 runs the app on the event-loop thread.",
-           validate=_at_least(0), metavar="INT", section="workers", maps_to="threads"),
+           validate=_between(0, 1024), metavar="INT", section="workers", maps_to="threads"),
     Option("timeout", ("-t", "--timeout"), _to_float, 30.0,
            "Seconds a silent worker (event loop blocked, or still loading the app) lives before "
            "it is killed and replaced; 0 disables.",
@@ -455,27 +459,27 @@ OPTIONS = [
            validate=_check_format, metavar="FORMAT", section="logging"),
     Option("limit_request_line", ("--limit-request-line",), _to_int, 8192,
            "Longest request line, in bytes (414 beyond).",
-           validate=_at_least(1), metavar="BYTES", section="limits", maps_to="max_request_line"),
+           validate=_between(1, 1 << 20), metavar="BYTES", section="limits", maps_to="max_request_line"),
     Option("limit_request_fields", ("--limit-request-fields",), _to_int, 100,
            "Most header fields in a request (431 beyond).",
-           validate=_at_least(1), metavar="INT", section="limits", maps_to="max_headers"),
+           validate=_between(1, 10000), metavar="INT", section="limits", maps_to="max_headers"),
     Option("limit_request_field_size", ("--limit-request-field-size",), _to_int, 8192,
            "Longest header field, in bytes (431 beyond).",
-           validate=_at_least(1), metavar="BYTES", section="limits", maps_to="max_header_size"),
+           validate=_between(1, 1 << 20), metavar="BYTES", section="limits", maps_to="max_header_size"),
     Option("max_body_size", ("--max-body-size",), _to_int, 104857600,
            "Largest request body, in bytes (413 beyond).",
-           validate=_at_least(1), metavar="BYTES", section="limits", maps_to="max_body_size"),
+           validate=_between(1, 1 << 62), metavar="BYTES", section="limits", maps_to="max_body_size"),
     Option("worker_connections", ("--worker-connections",), _to_int, 10000,
            "Most simultaneous client connections per worker; more wait in the listen backlog.",
-           validate=_at_least(1), metavar="INT", section="limits", maps_to="max_connections"),
+           validate=_between(1, 1 << 24), metavar="INT", section="limits", maps_to="max_connections"),
     Option("read_size", ("--read-size",), _to_int, 16384,
            "Bytes of room for a connection's reads; a connection whose last wakeup brought "
            "more gets room for that much (up to 256 KiB).",
-           validate=_at_least(1), metavar="BYTES", section="limits", maps_to="read_size"),
+           validate=_between(1, 1 << 24), metavar="BYTES", section="limits", maps_to="read_size"),
     Option("send_high_water", ("--send-high-water",), _to_int, 1048576,
            "Queued response bytes past which a connection stops being read and a streaming "
            "response pauses (backpressure).",
-           validate=_at_least(1), metavar="BYTES", section="limits", maps_to="send_high_water"),
+           validate=_between(1, 1 << 32), metavar="BYTES", section="limits", maps_to="send_high_water"),
     Option("busy_poll", ("--busy-poll",), _to_float, 0.0,
            "Seconds the event loop keeps polling without sleeping after input arrived "
            "(lower latency for one busy CPU; 0: off, at most 0.01).",
@@ -491,10 +495,10 @@ OPTIONS = [
            validate=_check_script_name, metavar="PATH", maps_to="script_name"),
     Option("backlog", ("--backlog",), _to_int, 2048,
            "Listen queue length of each listening socket.",
-           validate=_at_least(1), metavar="INT", maps_to="backlog"),
+           validate=_between(1, 65535), metavar="INT", maps_to="backlog"),
     Option("ws_max_message", ("--ws-max-message",), _to_int, 16777216,
            "Largest WebSocket message, in bytes after inflating (close 1009 beyond).",
-           validate=_at_least(1), metavar="BYTES", section="websocket", maps_to="ws_max_message"),
+           validate=_between(1, 1 << 40), metavar="BYTES", section="websocket", maps_to="ws_max_message"),
     Option("ws_idle_timeout", ("--ws-idle-timeout",), _to_float, 300.0,
            "Seconds a WebSocket may stay silent before it is closed (1001).",
            validate=_positive, metavar="SECONDS", section="websocket", maps_to="ws_idle_timeout"),
@@ -506,7 +510,7 @@ OPTIONS = [
            validate=_positive, metavar="SECONDS", section="websocket", maps_to="ws_ping_timeout"),
     Option("ws_send_limit", ("--ws-send-limit",), _to_int, 16777216,
            "Bytes queued for a WebSocket peer beyond which sending fails (backpressure).",
-           validate=_at_least(1), metavar="BYTES", section="websocket", maps_to="ws_send_limit"),
+           validate=_between(1, 1 << 40), metavar="BYTES", section="websocket", maps_to="ws_send_limit"),
     Option("ws_no_deflate", ("--ws-no-deflate",), _to_bool, False,
            "Do not negotiate permessage-deflate.", kind="flag", section="websocket"),
     Option("reuse_port", ("--reuse-port",), _to_bool, False,

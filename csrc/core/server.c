@@ -404,7 +404,7 @@ int ymo_server_address(ymo_server_t *s, struct sockaddr_storage *ss, socklen_t *
 
 /* --- Stop -------------------------------------------------------------- */
 
-static void close_listeners(ymo_server_t *s)
+void ymo_server_close_listeners(ymo_server_t *s)
 {
     while (s->listeners != NULL) {
         ymo_listener_t *l = s->listeners;
@@ -493,10 +493,9 @@ static void begin_stop(ymo_server_t *s)
     if (s->stopping)
         return;
     s->stopping = 1;
-    for (ymo_listener_t *l = s->listeners; l != NULL; l = l->next) {
-        ev_io_stop(s->loop, &l->io);
-        ev_timer_stop(s->loop, &l->retry);
-    }
+    /* New connections are refused from now on (once no other process
+     * holds the socket), not left in the backlog until the drain ends. */
+    ymo_server_close_listeners(s);
     /* Idle connections go now; busy ones after their current exchange. */
     ymo_conn_t *next;
     for (ymo_conn_t *c = s->conns; c != NULL; c = next) {
@@ -594,7 +593,7 @@ int ymo_server_run(ymo_server_t *s)
 done:
     ev_timer_stop(s->loop, &s->stop_timer);
     ymo__conn_reap(s);
-    close_listeners(s);
+    ymo_server_close_listeners(s);
     return 0;
 }
 
@@ -605,7 +604,7 @@ void ymo_server_free(ymo_server_t *s)
         close_all(s);
         ymo__conn_reap(s);
     }
-    close_listeners(s);
+    ymo_server_close_listeners(s);
     while (s->free_conns != NULL) {
         ymo_conn_t *c = s->free_conns;
         s->free_conns = c->next;

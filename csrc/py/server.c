@@ -854,11 +854,16 @@ static PyObject *server_stop(YmoServerObject *self, PyObject *args, PyObject *kw
         t = PyFloat_AsDouble(timeout);
         if (t == -1.0 && PyErr_Occurred())
             return NULL;
-        if (t < 0) {
+        if (!(t >= 0)) {
             PyErr_Format(PyExc_ValueError, "timeout must be >= 0 or None, not %R", timeout);
             return NULL;
         }
     }
+    /* From a callback on the loop (a handler, or a signal handler run
+     * while one holds the loop): refuse new connections at once, not once
+     * the loop gets back to the stop request. */
+    if (self->phase == 1 && pthread_equal(pthread_self(), self->loop_thread))
+        ymo_server_close_listeners(&self->srv);
     ymo_server_stop(&self->srv, t);
     Py_RETURN_NONE;
 }

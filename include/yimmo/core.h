@@ -175,6 +175,9 @@ const char *ymo_conn_peer_host(ymo_conn_t *c, size_t *len, int *port);
 /* Start or stop watching for input. */
 void ymo_conn_read_start(ymo_conn_t *c);
 void ymo_conn_read_stop(ymo_conn_t *c);
+/* Hand the connection to a worker thread for one exchange (the loop's
+ * watchers leave it alone until it is checked back in). */
+void ymo_conn_check_out(ymo_conn_t *c);
 /* (Re)arm the connection's one timer; seconds <= 0 stops it. */
 void ymo_conn_timer(ymo_conn_t *c, double seconds);
 /* Write what is queued now; the rest goes when the socket is writable.
@@ -342,6 +345,9 @@ int ymo_server_run(ymo_server_t *s);
  * Stops accepting, lets in-flight exchanges finish (at most timeout
  * seconds when timeout >= 0), then ymo_server_run() returns. */
 void ymo_server_stop(ymo_server_t *s, double timeout);
+/* Close the listening sockets now (a stop does it too); on the loop's
+ * thread only, from a callback or with the loop not running. */
+void ymo_server_close_listeners(ymo_server_t *s);
 /* Called from the dispatch hook: run the ready connections. */
 void ymo_server_run_ready(ymo_server_t *s);
 /* After ymo_server_run() returned, with the embedder's lock: deliver what
