@@ -1130,7 +1130,7 @@ BAD_CONFIGS = [
     ("not-a-pem", lambda p: {"certfile": _garbage_pem(p), "keyfile": p.server.key}, ValueError,
      ["garbage.pem"]),
     ("key-does-not-match", lambda p: {"certfile": p.server.cert, "keyfile": p.other.key}, ValueError,
-     ["key", "other.key"]),
+     ["other.key' does not match certfile"]),
     ("bad-ciphers", lambda p: p.tls(ciphers="NOPE-NOT-A-CIPHER"), ValueError, ["cipher"]),
     ("required-without-ca", lambda p: p.tls(cert_reqs="required"), ValueError, ["ca_certs"]),
     ("optional-without-ca", lambda p: p.tls(cert_reqs="optional"), ValueError, ["ca_certs"]),
@@ -1375,5 +1375,67 @@ def test_renegotiation_is_refused(tls_serve):
             p.kill()
             p.wait()
     assert b"RENEGOTIATING" in out and b"no renegotiation" in out, out
+    resp, body = live.request("GET", "/after")
+    assert (resp.status, body) == (200, b"ok /after")
+
+
+def _ssl_pointer(tls_sock):
+    """The SSL * under a Python ssl socket (CPython's PySSLSocket: the object
+    head, the socket, then the SSL *), to send what the ssl module cannot;
+    None when that is not what it finds."""
+    import ctypes
+    try:
+        libssl = ctypes.CDLL("libssl.so.3")
+    except OSError:
+        return None, None
+    libssl.SSL_version.argtypes = [ctypes.c_void_p]
+    libssl.SSL_is_server.argtypes = [ctypes.c_void_p]
+    libssl.SSL_key_update.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    libssl.SSL_do_handshake.argtypes = [ctypes.c_void_p]
+    p = ctypes.c_void_p.from_address(id(tls_sock._sslobj) + 3 * ctypes.sizeof(ctypes.c_void_p)).value
+    if not p or libssl.SSL_version(p) != 0x0304 or libssl.SSL_is_server(p) != 0:
+        return None, None
+    return libssl, p
+
+
+def _thread_cpu(tid):
+    """CPU seconds a thread of this process has used."""
+    with open("/proc/self/task/%d/stat" % tid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_keyupdate_flood_from_a_client_that_does_not_read_does_not_spin(tls_serve, kind2):
+    """Each TLS 1.3 KeyUpdate(update_requested) makes the server write its
+    own; with the client reading nothing the server's send buffer fills and
+    its SSL_read() waits for POLLOUT. The loop then waits for that, not for
+    input (which the unread records keep signalling): it once spun at 100 %
+    CPU until the connection's timer fired."""
+    live = tls_serve(kind2, header_timeout=30)
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(IO_TIMEOUT)
+    raw.connect(live.address)
+    t = live.ctx(min_version=ssl.TLSVersion.TLSv1_3).wrap_socket(raw, server_hostname="localhost")
+    try:
+        libssl, p = _ssl_pointer(t)
+        if p is None:
+            pytest.skip("no SSL * found under this Python's ssl socket")
+        t.setblocking(False)
+        sent, t0 = 0, time.monotonic()
+        while sent < 200000 and time.monotonic() - t0 < 5:
+            libssl.SSL_key_update(p, 1)     # SSL_KEY_UPDATE_REQUESTED
+            if libssl.SSL_do_handshake(p) != 1:
+                break                       # our own send buffer is full
+            sent += 1
+        assert sent > 1000
+        time.sleep(0.3)
+        tid = live.thread.native_id
+        cpu0, w0 = _thread_cpu(tid), time.monotonic()
+        time.sleep(1.0)
+        busy = (_thread_cpu(tid) - cpu0) / (time.monotonic() - w0)
+        assert busy < 0.3, "the loop used %.0f%% of a CPU on a stalled client" % (busy * 100)
+    finally:
+        t.close()
     resp, body = live.request("GET", "/after")
     assert (resp.status, body) == (200, b"ok /after")

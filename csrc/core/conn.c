@@ -288,6 +288,18 @@ void ymo_conn_read_stop(ymo_conn_t *c)
     }
 }
 
+void ymo_conn_check_out(ymo_conn_t *c)
+{
+    /* A read that waited for POLLOUT is the worker's to retry now: the
+     * loop's watcher must not read on this thread meanwhile. */
+    if (c->flags & YMO_CONN_READ_WANTS_WRITE) {
+        c->flags &= ~YMO_CONN_READ_WANTS_WRITE;
+        if (!(c->flags & YMO_CONN_WRITING))
+            ev_io_stop(c->server->loop, &c->wio);
+    }
+    c->flags |= YMO_CONN_CHECKED_OUT;
+}
+
 void ymo_conn_timer(ymo_conn_t *c, double seconds)
 {
     if (c->flags & (YMO_CONN_CLOSED | YMO_CONN_CHECKED_OUT))
@@ -360,8 +372,15 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
             continue;
         }
         if (n == -EAGAIN) {
-            if (c->flags & YMO_CONN_READ_WANTS_WRITE)
+            if (c->flags & YMO_CONN_READ_WANTS_WRITE) {
+                /* Nothing can be read until the socket takes the
+                 * transport's own output (TLS answering a flood of
+                 * KeyUpdates into a full send buffer): waiting for input
+                 * meanwhile would spin on the peer's unread records. */
+                if (!(c->flags & YMO_CONN_WRITE_WANTS_READ))
+                    ev_io_stop(loop, &c->rio);
                 ev_io_start(loop, &c->wio);
+            }
             again = 1;
             break;
         }
@@ -462,6 +481,8 @@ static void on_write(struct ev_loop *loop, ev_io *w, int revents)
         c->flags &= ~YMO_CONN_READ_WANTS_WRITE;
         if (!(c->flags & YMO_CONN_WRITING))
             ev_io_stop(loop, w);
+        if (c->flags & YMO_CONN_READING)
+            ev_io_start(loop, &c->rio);
         on_read(loop, &c->rio, EV_READ);
         if ((c->flags & YMO_CONN_CLOSED) || !(c->flags & YMO_CONN_WRITING))
             return;

@@ -487,7 +487,7 @@ void ymo__http_run(ymo_conn_t *c)
             return;
         }
         ss->state = S_RUNNING;
-        c->flags |= YMO_CONN_CHECKED_OUT;
+        ymo_conn_check_out(c);
         s->nchecked_out++;
         ev_ref(s->loop);
         s->hooks.submit(s, c);

@@ -198,6 +198,12 @@ static SSL_CTX *new_ctx(ymo_tls_t *t, const ymo_tls_config_t *cfg, const ymo_tls
         goto error;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, keyfile, SSL_FILETYPE_PEM) != 1) {
+        unsigned long e = ERR_peek_last_error();
+        if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH) {
+            /* Read fine, but it is another certificate's key. */
+            set_err(err, errlen, "keyfile '%s' does not match certfile '%s'", keyfile, cert->certfile);
+            goto error;
+        }
         set_err(err, errlen, "keyfile '%s': no usable PEM private key (%s; %s)", keyfile,
                 ssl_reason(),
                 cert->password != NULL ? "wrong password?" : "if it is encrypted, give its password");
