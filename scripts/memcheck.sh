@@ -80,7 +80,7 @@ valgrind)
         --suppressions="$ROOT/scripts/valgrind-python.supp" --num-callers=30 \
         --log-file="$log" \
         "$PY" -P -m pytest -q -p no:cacheprovider "${tests[@]}" "${@:2}" \
-        -k "not timeout and not slow and not never_reads and not faster_than_reader and not busy_poll and not without_spinning" || rc=$?
+        -k "not timeout and not slow and not never_reads and not faster_than_reader and not busy_poll and not without_spinning and not does_not_spin" || rc=$?
     "$PY" - "$log" <<'PYEOF' || rc=$?
 import re, sys
 text = open(sys.argv[1]).read()
