@@ -388,10 +388,15 @@ def application(environ, start_response):
 BROKEN_APP = "import yimmo_no_such_dependency_after_deploy  # the new code is broken\n"
 
 
-def test_hup_with_an_app_that_no_longer_loads_keeps_the_old_workers(server, tmp_path):
+def _flip_server(server, tmp_path, *args, workers=2):
+    """Two workers serving flip.py, GOOD_APP until the test rewrites it."""
     (tmp_path / "flip.py").write_text(GOOD_APP)
-    y = server("-w", "2", "flip:application", cwd=tmp_path, workers=2,
-               env={"PYTHONDONTWRITEBYTECODE": "1"})
+    return server("-w", str(workers), *args, "flip:application", cwd=tmp_path, workers=workers,
+                  env={"PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def test_hup_with_an_app_that_no_longer_loads_keeps_the_old_workers(server, tmp_path):
+    y = _flip_server(server, tmp_path)
     old = sorted(y.ready_pids())
     (tmp_path / "flip.py").write_text(BROKEN_APP)
     y.signal(signal.SIGHUP)
@@ -408,8 +413,7 @@ def test_hup_with_an_app_that_no_longer_loads_keeps_the_old_workers(server, tmp_
 
 
 def test_a_replacement_that_cannot_load_the_app_stops_the_manager(server, tmp_path):
-    (tmp_path / "flip.py").write_text(GOOD_APP)
-    y = server("flip:application", cwd=tmp_path, env={"PYTHONDONTWRITEBYTECODE": "1"})
+    y = _flip_server(server, tmp_path, workers=1)
     (tmp_path / "flip.py").write_text(BROKEN_APP)
     y.signal_worker(y.ready_pids()[0], signal.SIGKILL)
     assert y.wait_exit() == 3
@@ -421,9 +425,7 @@ def test_a_replacement_that_cannot_load_the_app_while_others_serve_is_retried(se
     # The code on disk broke after the workers started (a deploy without
     # HUP, broken certificate files): the worker that still runs keeps
     # serving, and the replacement is tried again later, not in a loop.
-    (tmp_path / "flip.py").write_text(GOOD_APP)
-    y = server("-w", "2", "flip:application", cwd=tmp_path, workers=2,
-               env={"PYTHONDONTWRITEBYTECODE": "1"})
+    y = _flip_server(server, tmp_path)
     victim, survivor = y.ready_pids()
     (tmp_path / "flip.py").write_text(BROKEN_APP)
     y.signal_worker(victim, signal.SIGKILL)
@@ -463,9 +465,7 @@ def test_a_second_hup_while_the_first_boots_keeps_the_serving_workers(server, tm
     # The second HUP overtakes the first one's workers (still importing):
     # they go, the workers that serve stay until the newest are ready, and
     # when the newest cannot load the app those serving workers carry on.
-    (tmp_path / "flip.py").write_text(GOOD_APP)
-    y = server("-w", "2", "flip:application", cwd=tmp_path, workers=2,
-               env={"PYTHONDONTWRITEBYTECODE": "1"})
+    y = _flip_server(server, tmp_path)
     old = sorted(y.ready_pids())
     (tmp_path / "flip.py").write_text(SLOW_APP)
     y.signal(signal.SIGHUP)
