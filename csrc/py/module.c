@@ -55,12 +55,29 @@ static PyObject *get_logger(ymo_py_state *st)
     return st->logger;
 }
 
+/* A log call that failed. Ctrl-C may land in it (the logging module's
+ * Python code runs the pending signal handler): that KeyboardInterrupt is
+ * not the log's to swallow, so it is tripped again for the loop's signal
+ * watcher, which stops the server. Anything else is dropped (reported when
+ * the logger is there). */
+static void log_failed(PyObject *logger)
+{
+    if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        PyErr_Clear();
+        PyErr_SetInterrupt();
+    } else if (logger != NULL) {
+        PyErr_WriteUnraisable(logger);
+    } else {
+        PyErr_Clear();
+    }
+}
+
 void ymo__py_log_exception(ymo_py_state *st, const char *msg)
 {
     PyObject *exc = PyErr_GetRaisedException();
     PyObject *logger = get_logger(st);
     if (logger == NULL || exc == NULL) {
-        PyErr_Clear();
+        log_failed(NULL);
         if (exc != NULL) {
             PyErr_SetRaisedException(exc);
             PyErr_WriteUnraisable(NULL);
@@ -74,7 +91,7 @@ void ymo__py_log_exception(ymo_py_state *st, const char *msg)
     if (kw != NULL && meth != NULL && args != NULL)
         r = PyObject_Call(meth, args, kw);
     if (r == NULL)
-        PyErr_WriteUnraisable(logger);
+        log_failed(logger);
     Py_XDECREF(r);
     Py_XDECREF(args);
     Py_XDECREF(meth);
@@ -87,7 +104,7 @@ void ymo__py_log(ymo_py_state *st, int level, const char *fmt, ...)
     PyObject *saved = PyErr_GetRaisedException();
     PyObject *logger = get_logger(st);
     if (logger == NULL) {
-        PyErr_Clear();
+        log_failed(NULL);
         goto done;
     }
     va_list ap;
@@ -95,12 +112,12 @@ void ymo__py_log(ymo_py_state *st, int level, const char *fmt, ...)
     PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
     va_end(ap);
     if (msg == NULL) {
-        PyErr_Clear();
+        log_failed(NULL);
         goto done;
     }
     PyObject *r = PyObject_CallMethod(logger, "log", "iO", level, msg);
     if (r == NULL)
-        PyErr_WriteUnraisable(logger);
+        log_failed(logger);
     Py_XDECREF(r);
     Py_DECREF(msg);
 done:
