@@ -1,6 +1,6 @@
 """A WebSocket echo server on yimmo.Server's callbacks.
 
-    python examples/ws_echo_native.py [--host H] [--port N] [--no-deflate]
+    python examples/ws_echo_native.py [--host H] [--port N] [--no-deflate] [--busy-poll S]
 
 Every message on ws://HOST:PORT/ comes back as it came (text as text,
 binary as binary); plain HTTP on / gets a short page.
