@@ -12,7 +12,7 @@ import time
 import pytest
 
 import yimmo
-from conftest import RawConn, get_request, open_fds, wait_for
+from conftest import IO_TIMEOUT, RawConn, get_request, open_fds, wait_for
 from wsgi_conftest import wsgi_server  # noqa: F401  (fixture)
 
 
@@ -143,6 +143,39 @@ def test_stop_with_timeout_abandons_a_stalled_exchange(server, caplog):
         data = c.read_to_eof()
         stopper.join(5)
     assert not data.startswith(b"HTTP/1.1 200"), data
+
+
+def test_stop_with_timeout_does_not_start_what_is_still_queued(server):
+    """One worker thread busy for a second, four requests queued behind it,
+    stop(0.5): the queued ones were once handed to the application after
+    the deadline (their side effects happened, their answers were thrown
+    away) and run() returned seconds late. Now they are closed unstarted."""
+    started, first = [], threading.Event()
+
+    def handler(ex):
+        started.append((ex.path, time.monotonic()))
+        if ex.path == "/slow":
+            first.set()
+            time.sleep(1.0)
+        ex.respond(200, [], b"ok")
+
+    live = server(handler, threads=1)
+    conns = [RawConn(live.address) for _ in range(5)]
+    try:
+        conns[0].send(get_request("/slow"))
+        assert first.wait(IO_TIMEOUT)
+        for i, c in enumerate(conns[1:]):
+            c.send(get_request("/queued/%d" % i))
+        wait_for(lambda: live.srv.connections == 5)
+        time.sleep(0.1)     # the four requests parsed and queued
+        t0 = time.monotonic()
+        live.srv.stop(0.5)
+        live.wait_returned(timeout=5)
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        for c in conns:
+            c.close()
+    assert [p for p, _ in started] == ["/slow"]
 
 
 def test_stop_twice_is_harmless(server):

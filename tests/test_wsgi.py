@@ -1633,6 +1633,36 @@ def test_write_and_input_after_the_request_are_errors(wsgi_server):
     assert body == b"RuntimeError ValueError"
 
 
+def test_write_and_input_are_the_applications_thread_only(wsgi_server):
+    # Two threads writing one response interleaved it (a second status
+    # line inside the chunked body); a read left running past the request
+    # would use its connection after it went back to the loop.
+    import threading
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        out = []
+
+        def other():
+            for use in (lambda: write(b"elsewhere"), lambda: environ["wsgi.input"].read(1)):
+                try:
+                    use()
+                    out.append("no error")
+                except RuntimeError as e:
+                    out.append(str(e))
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        write(b"mine: ")
+        return [b" | ".join(o.encode() for o in out)]
+
+    live = wsgi_server(app, validate=False)  # the validator wraps write and input
+    resp, body = live.request("POST", "/", body=b"abc")
+    assert body == (b"mine: the write() callable is used on the thread that runs the application "
+                    b"only, not from other threads | wsgi.input is used on the thread that runs "
+                    b"the application only, not from other threads")
+
+
 def test_http10_keep_alive_when_asked(wsgi_server):
     live = wsgi_server(lambda e, s: text(s, e["PATH_INFO"].encode()), validate=False)
     with RawConn(live.address) as c:

@@ -238,3 +238,32 @@ def test_send_to_a_client_that_never_reads_gives_up_after_the_send_timeout(wsgi_
         elapsed, message = outcome[0]
         assert elapsed < 10 and "timed out" in message, outcome
     assert live.request("GET", "/")[1] == b"plain\n"      # the thread serves again
+
+
+def test_the_websocket_is_its_handlers_thread_only(wsgi_server):  # noqa: F811
+    """Two threads in one connection (a send() beside the handler's
+    receive(), a receive() left running past the handler) shared its
+    buffers unlocked, or used it after it went back to the loop: frames of
+    stale memory went out, later clients lost their handshakes. Another
+    thread gets RuntimeError, and the connection goes on."""
+    import threading
+    seen = []
+
+    def handler(ws):
+        def other():
+            for call in (lambda: ws.send("from elsewhere"), ws.receive, ws.close,
+                         lambda: ws.ping(b"x")):
+                try:
+                    call()
+                except RuntimeError as e:
+                    seen.append(str(e))
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        ws.send("mine")
+        ws.receive()
+
+    with connect(serve(wsgi_server, handler)) as c:
+        assert c.recv(timeout=IO_TIMEOUT) == "mine"
+        c.send("bye")
+    assert len(seen) == 4 and all("thread that runs the application only" in s for s in seen), seen

@@ -423,7 +423,7 @@ void ymo_server_close_listeners(ymo_server_t *s)
 static void close_all(ymo_server_t *s)
 {
     ymo_conn_t *next;
-    s->stop_forced = 1;
+    __atomic_store_n(&s->stop_forced, 1, __ATOMIC_RELAXED);     /* workers read it */
     for (ymo_conn_t *c = s->conns; c != NULL; c = next) {
         next = c->next;
         if (!(c->flags & YMO_CONN_CHECKED_OUT))
@@ -439,6 +439,11 @@ static void on_stop_timeout(struct ev_loop *loop, ev_timer *w, int revents)
     close_all(s);
     if (s->nconns == 0)
         ev_break(loop, EVBREAK_ONE);
+}
+
+int ymo_server_stop_forced(ymo_server_t *s)
+{
+    return __atomic_load_n(&s->stop_forced, __ATOMIC_RELAXED);
 }
 
 void ymo_server_checkin(ymo_server_t *s, ymo_conn_t *c)

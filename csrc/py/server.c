@@ -133,6 +133,12 @@ static PyObject *server_work(YmoServerObject *self, PyObject *unused)
         ymo__py_gil_held = 1;
         if (c == NULL)
             Py_RETURN_NONE;
+        if (ymo_server_stop_forced(&self->srv)) {
+            /* Queued, and the stop's time is up: closed, not started
+             * (its answer could not go out anyway). */
+            ymo_server_checkin(&self->srv, c);
+            continue;
+        }
         ymo__py_server_drain(self);
         if (self->wsgi)
             ymo__py_wsgi_run(self, c);

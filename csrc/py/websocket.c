@@ -817,12 +817,21 @@ typedef struct {
     ymo_ws_t *ws;               /* after accept() */
     int closed;
     PyObject *subprotocols;
+    pthread_t thread;           /* the one that runs the application */
 } YmoWSGIWebSocketObject;
 
 static int sync_live(YmoWSGIWebSocketObject *w, int need_ws)
 {
     if (w->conn == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "the request that carried this WebSocket is over");
+        return -1;
+    }
+    /* Two threads in one connection (a receive() and a send(), or a
+     * receive() left running past the handler) would share its buffers
+     * without a lock, or use it after it went back to the loop. */
+    if (!pthread_equal(pthread_self(), w->thread)) {
+        PyErr_SetString(PyExc_RuntimeError, "a WSGI WebSocket is used on the thread that runs "
+                                            "the application only, not from other threads");
         return -1;
     }
     if (need_ws && w->ws == NULL) {
@@ -1015,6 +1024,7 @@ PyObject *ymo__py_wsgi_ws_new(YmoServerObject *srv, ymo_conn_t *c)
     w->server = srv;
     w->ws = NULL;
     w->closed = 0;
+    w->thread = pthread_self();
     ymo_ws_request_t req;
     w->subprotocols = ymo_ws_check_request(c, &req) == 0 ? offered(c) : PyList_New(0);
     if (w->subprotocols == NULL) {

@@ -52,7 +52,21 @@ typedef struct {
     PyObject *iter;             /* iter(result), being consumed */
     PyObject *websocket;        /* environ["yimmo.websocket"], or NULL */
     double started;
+    pthread_t thread;           /* the one that runs the application */
 } YmoWSGIRequestObject;
+
+/* The connection is the application's thread's: another thread writing
+ * or reading it (while that one waits on the client, the GIL released)
+ * would interleave two users of one connection, or outlive the request. */
+static int req_thread(YmoWSGIRequestObject *rq, const char *what)
+{
+    if (!pthread_equal(pthread_self(), rq->thread)) {
+        PyErr_Format(PyExc_RuntimeError, "%s is used on the thread that runs the application "
+                                         "only, not from other threads", what);
+        return -1;
+    }
+    return 0;
+}
 
 static int req_live(YmoWSGIRequestObject *rq)
 {
@@ -60,6 +74,8 @@ static int req_live(YmoWSGIRequestObject *rq)
         PyErr_SetString(PyExc_RuntimeError, "the request is over");
         return -1;
     }
+    if (req_thread(rq, "the write() callable") < 0)
+        return -1;
     if (rq->conn->flags & YMO_CONN_CLOSED) {
         PyErr_SetString(PyExc_ConnectionError, "the client went away");
         return -1;
@@ -447,6 +463,8 @@ static Py_ssize_t input_next(YmoInputObject *in, const char **data, size_t max)
         PyErr_SetString(PyExc_ValueError, "wsgi.input read after the request ended");
         return -1;
     }
+    if (req_thread(rq, "wsgi.input") < 0)
+        return -1;
     if (rq->conn->flags & YMO_CONN_CLOSED) {
         PyErr_SetString(PyExc_ConnectionError, "the client went away");
         return -1;
@@ -1376,6 +1394,7 @@ void ymo__py_wsgi_run(YmoServerObject *srv, ymo_conn_t *c)
     rq->env = rq->input = rq->result = rq->iter = rq->websocket = NULL;
     rq->code = rq->head_sent = rq->app_length = 0;
     rq->started = srv->access_log ? now_monotonic() : 0;
+    rq->thread = pthread_self();
     in = PyObject_New(YmoInputObject, st->input_type);
     if (in == NULL)
         goto nomem;

@@ -348,6 +348,9 @@ void ymo_server_stop(ymo_server_t *s, double timeout);
 /* Close the listening sockets now (a stop does it too); on the loop's
  * thread only, from a callback or with the loop not running. */
 void ymo_server_close_listeners(ymo_server_t *s);
+/* Whether a graceful stop ran out of time (callable from any thread): work
+ * still queued for worker threads is then closed, not started. */
+int ymo_server_stop_forced(ymo_server_t *s);
 /* Called from the dispatch hook: run the ready connections. */
 void ymo_server_run_ready(ymo_server_t *s);
 /* After ymo_server_run() returned, with the embedder's lock: deliver what
