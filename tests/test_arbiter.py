@@ -458,6 +458,17 @@ def test_a_refused_reload_leaves_the_old_settings_in_force(server, tmp_path):
     assert len(y.live_workers()) == 2 and len(y.ready_pids()) == 3
 
 
+def test_a_refused_reload_keeps_what_ttin_did(server, tmp_path):
+    y = _flip_server(server, tmp_path, workers=1)
+    y.signal(signal.SIGTTIN)
+    y.wait_log(READY_RE, count=2)
+    (tmp_path / "flip.py").write_text(BROKEN_APP)
+    y.signal(signal.SIGHUP)
+    y.wait_log(r"Reload failed, keeping the old workers")
+    time.sleep(0.5)     # the time a retirement would take
+    assert len(y.live_workers()) == 2 and y.get("/")[2] == b"v1"
+
+
 SLOW_APP = "import time\ntime.sleep(2)\n" + GOOD_APP.replace("v1", "v2")
 
 

@@ -6,15 +6,18 @@ runs the real CLI in a subprocess. Bad input of any kind must give exit
 status 2 and exactly one line on stderr: "yimmo-wsgi: error: ...".
 """
 import re
+import signal
 import socket
+import subprocess
+import sys
 import tomllib
 
 import pytest
 
 import yimmo
 from yimmo import config
-from apps.harness import (APPS, ERR, assert_one_line_error, run_cli, server,  # noqa: F401
-                          unix_request, wait_until)
+from apps.harness import (APPS, ERR, assert_one_line_error, clean_env, run_cli,  # noqa: F401
+                          server, unix_request, wait_until)
 
 
 
@@ -153,11 +156,36 @@ def test_syntax_error_in_the_module(tmp_path):
 
 @pytest.mark.parametrize("mode", ["check-config", "serving"])
 def test_a_base_exception_while_importing_is_one_line_exit_2(tmp_path, mode):
-    (tmp_path / "interrupted.py").write_text("raise KeyboardInterrupt('half a deploy')\n")
+    (tmp_path / "odd.py").write_text("class Odd(BaseException):\n    pass\n\n"
+                                     "raise Odd('half a deploy')\n")
     args = ("--check-config",) if mode == "check-config" else ("-b", "127.0.0.1:0")
-    assert_one_line_error(run_cli(*args, "interrupted:app", cwd=tmp_path),
-                          "error importing 'interrupted': KeyboardInterrupt: half a deploy "
-                          "(interrupted.py:1)")
+    assert_one_line_error(run_cli(*args, "odd:app", cwd=tmp_path),
+                          "error importing 'odd': Odd: half a deploy (odd.py:4)")
+
+
+def test_a_keyboard_interrupt_raised_by_the_app_in_a_worker_is_one_line_exit_2(tmp_path):
+    # In a worker a real Ctrl-C stops it otherwise: this one is the app's.
+    (tmp_path / "interrupted.py").write_text("raise KeyboardInterrupt('half a deploy')\n")
+    assert_one_line_error(run_cli("-b", "127.0.0.1:0", "interrupted:app", cwd=tmp_path),
+                          "loading 'interrupted:app' raised KeyboardInterrupt: half a deploy")
+
+
+def test_ctrl_c_during_check_config_is_an_interruption(tmp_path):
+    # Not a broken app: the user's Ctrl-C while the app imports.
+    mark = tmp_path / "importing"
+    (tmp_path / "slowmod.py").write_text("import pathlib, time\npathlib.Path(%r).touch()\n"
+                                         "time.sleep(30)\n" % str(mark))
+    p = subprocess.Popen([sys.executable, "-m", "yimmo", "--check-config", "slowmod:app"],
+                         cwd=tmp_path, env=clean_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(mark.exists, what="the import to start")
+        p.send_signal(signal.SIGINT)
+        err = p.communicate(timeout=10)[1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert (p.returncode, err.strip()) == (130, "yimmo-wsgi: error: interrupted")
 
 
 def test_check_config_opens_the_log_files(tmp_path):

@@ -3,6 +3,7 @@ import hashlib
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -176,6 +177,82 @@ def test_stop_with_timeout_does_not_start_what_is_still_queued(server):
         for c in conns:
             c.close()
     assert [p for p, _ in started] == ["/slow"]
+
+
+def test_a_draining_server_keeps_its_address(wsgi_server):
+    """The listening sockets close when the stop starts; the connections
+    still draining keep their local address (SERVER_NAME and SERVER_PORT of
+    a request without Host), which once pointed into the freed listener."""
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [("%s:%s" % (environ["SERVER_NAME"], environ["SERVER_PORT"])).encode()]
+
+    live = wsgi_server(app, validate=False)
+    want = ("127.0.0.1:%d" % live.port).encode()
+    with RawConn(live.address) as c:
+        c.send(b"GET / HTTP/1.0\r\n")          # the head is not over yet
+        wait_for(lambda: live.srv.connections == 1)
+        live.srv.stop(5)
+        wait_for(lambda: _refused(live.address))
+        assert live.srv.address == live.address
+        c.send(b"\r\n")
+        assert c.read_response().body == want
+    live.wait_returned()
+
+
+def _refused(address):
+    try:
+        socket.create_connection(address, timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+STOP_IN_LOG = textwrap.dedent("""
+    import logging, os, resource, socket, sys, threading, time, yimmo
+    srv = None
+
+    class StopOnAcceptError(logging.Handler):
+        def emit(self, record):     # as a TERM handler landing in this log call
+            if record.getMessage().startswith("accept:"):
+                srv.stop(5)
+    logging.getLogger("yimmo").addHandler(StopOnAcceptError())
+    logging.getLogger("yimmo").setLevel(logging.INFO)
+    srv = yimmo.Server(lambda ex: ex.respond(200, [], b"ok"), port=0)
+    port = srv.address[1]
+    t = threading.Thread(target=srv.run)
+    t.start()
+    busy = socket.create_connection(("127.0.0.1", port))
+    busy.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n")     # the drain waits for it
+    time.sleep(0.2)
+    spare = [socket.socket() for _ in range(3)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = max(int(x) for x in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, hard))     # no descriptor left
+    for s in spare:
+        try:
+            s.connect(("127.0.0.1", port))
+        except ConnectionRefusedError:
+            pass    # the stop closed the listener
+    time.sleep(0.5)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    busy.sendall(b"\\r\\n")
+    print(busy.recv(4096).split(b"\\r\\n")[0].decode(), flush=True)
+    t.join(10)
+    print("returned" if not t.is_alive() else "still running", flush=True)
+""")
+
+
+def test_a_stop_run_inside_the_accept_paths_log_call(tmp_path):
+    """Out of descriptors, on_accept logs; a signal handler run by that log
+    call stops the server, which closed (and once freed) the listener that
+    on_accept went on to use: a segfault."""
+    env = dict(os.environ)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(yimmo.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in [env.get("PYTHONPATH")] if p])
+    r = subprocess.run([sys.executable, "-c", STOP_IN_LOG], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout.split()) == (0, ["HTTP/1.1", "200", "OK", "returned"]), r.stderr
 
 
 def test_stop_twice_is_harmless(server):

@@ -497,6 +497,12 @@ class WorkerProcess:
                     return 0    # TERM, INT or QUIT while importing (TTOU, a reload): not the app's fault
                 self._report("E %d %s" % (os.getpid(), e))
                 return WORKER_BOOT_ERROR
+            except KeyboardInterrupt as e:
+                # Not a Ctrl-C (a worker's INT handler stops it instead):
+                # the app raised it.
+                self._report("E %d loading %r raised KeyboardInterrupt%s"
+                             % (os.getpid(), self.settings.app, ": %s" % e if str(e) else ""))
+                return WORKER_BOOT_ERROR
         s = self.settings
         try:
             tls = config.tls_config(s)  # The manager checked it; reported like any boot failure.
@@ -650,7 +656,8 @@ class Arbiter:
         self.spawn_delay = 0.0                # grows while workers die before they are ready
         self.spawn_after = 0.0                # monotonic time before which none is spawned
         self.reload_from = None               # generation a HUP is replacing
-        self.gen_settings = {0: (settings, settings.workers)}  # generation -> what its workers run
+        self.gen_settings = {0: settings}     # generation -> the settings its workers run
+        self.gen_workers = {}                 # generation -> the change its reload made to the count
         self.pid = os.getpid()
         self.wake_r = self.wake_w = self.status_r = self.status_w = -1
         self.status_buf = b""
@@ -839,8 +846,12 @@ class Arbiter:
                 self._retire(x, signal.SIGQUIT)   # booting the new code, too
         self.gen = back
         self.reload_from = None
-        settings, self.num_workers = self.gen_settings[back]
-        self.gen_settings = {back: self.gen_settings[back]}
+        # The worker count loses what the abandoned reloads changed, and
+        # keeps what TTIN and TTOU did.
+        for g in [g for g in self.gen_workers if g > back]:
+            self.num_workers = max(1, self.num_workers - self.gen_workers.pop(g))
+        settings = self.gen_settings[back]
+        self.gen_settings = {back: settings}
         if settings is not self.settings:
             self.settings = settings
             try:
@@ -949,6 +960,7 @@ class Arbiter:
             if not old:
                 self.reload_from = None
                 self.gen_settings = {self.gen: self.gen_settings[self.gen]}
+                self.gen_workers = {}
 
     def _retire(self, w, sig):
         if w.retiring is None:
@@ -1039,6 +1051,7 @@ class Arbiter:
     # -- HUP
 
     def _reload(self):
+        changed = 0     # what this reload does to the worker count
         if self.reload_settings is not None:
             try:
                 new = self.reload_settings()
@@ -1059,6 +1072,7 @@ class Arbiter:
                 log.error("Reload: cannot open a log file, keeping the old configuration: %s", e)
                 return
             if new.workers != old.workers:
+                changed = new.workers - self.num_workers
                 self.num_workers = new.workers
             self.settings = new
         if self.app is not None:
@@ -1068,7 +1082,9 @@ class Arbiter:
         # a late report from that reload's workers must not match this one.
         self.last_gen += 1
         self.gen = self.last_gen
-        self.gen_settings[self.gen] = (self.settings, self.num_workers)
+        self.gen_settings[self.gen] = self.settings
+        if changed:
+            self.gen_workers[self.gen] = changed
         self._manage()
 
     # -- stopping

@@ -83,7 +83,9 @@ def load_app(spec):
                        % (module, e.msg, e.filename, e.lineno)) from None
     except SystemExit as e:
         raise AppError("error importing %r: it called sys.exit(%r)%s" % (module, e.code, _where(e))) from None
-    except BaseException as e:     # KeyboardInterrupt or GeneratorExit raised by the module, too
+    except KeyboardInterrupt:
+        raise   # Ctrl-C while importing: the user's, not the app's
+    except BaseException as e:     # GeneratorExit or another raised by the module, too
         raise AppError("error importing %r: %s%s" % (module, _one_line(e), _where(e))) from None
 
     if expr is None:
@@ -104,6 +106,8 @@ def load_app(spec):
             app = eval(code, vars(mod))
         except SystemExit as e:
             raise AppError("app %r called sys.exit(%r)%s" % (shown, e.code, _where(e))) from None
+        except KeyboardInterrupt:
+            raise
         except BaseException as e:
             raise AppError("app %r raised %s%s" % (shown, _one_line(e), _where(e))) from None
     if not callable(app):
@@ -180,6 +184,8 @@ def main(argv=None):
             load_app(settings.app)
     except AppError as e:
         return _die(e)
+    except KeyboardInterrupt:
+        return _die("interrupted", 130)
     if settings.check_config:
         # The log files the server would open (created if missing, as then).
         for path in (settings.error_logfile, settings.access_logfile):

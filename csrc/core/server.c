@@ -226,7 +226,7 @@ void ymo__server_conn_closed(ymo_server_t *s)
     if (s->accept_paused && !s->stopping && s->nconns < s->cfg.max_connections) {
         s->accept_paused = 0;
         for (ymo_listener_t *l = s->listeners; l != NULL; l = l->next)
-            if (!ev_is_active(&l->retry))
+            if (!ev_is_active(&l->retry) && l->fd >= 0)
                 ev_io_start(s->loop, &l->io);
     }
 }
@@ -237,6 +237,11 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
     ymo_server_t *s = l->server;
 
     for (int i = 0; i < s->cfg.max_accept; i++) {
+        /* A log call runs Python, and with it signal handlers: a stop may
+         * have closed this listener since (its struct stays until the
+         * server is freed). */
+        if (l->fd < 0)
+            return;
         if (s->cfg.max_connections && s->nconns >= s->cfg.max_connections) {
             /* Full: the kernel's backlog holds the rest until a
              * connection closes. */
@@ -259,6 +264,8 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
                 ymo__log(s, l->starved ? YMO_LOG_DEBUG : YMO_LOG_ERROR,
                          "accept: %s; retrying every 100 ms",
                          strerror(e));
+                if (l->fd < 0)
+                    return;     /* closed by a stop the log call ran */
                 l->starved = 1;
                 ev_io_stop(loop, &l->io);
                 ev_timer_set(&l->retry, 0.1, 0.);
@@ -297,7 +304,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 static void on_accept_retry(struct ev_loop *loop, ev_timer *w, int revents)
 {
     ymo_listener_t *l = ymo_container_of(w, ymo_listener_t, retry);
-    if (!l->server->stopping && !l->server->accept_paused)
+    if (!l->server->stopping && !l->server->accept_paused && l->fd >= 0)
         ev_io_start(loop, &l->io);
 }
 
@@ -397,6 +404,13 @@ int ymo_server_address(ymo_server_t *s, struct sockaddr_storage *ss, socklen_t *
     if (s->listeners == NULL)
         return -ENOTCONN;
     *len = sizeof(*ss);
+    if (s->listeners->fd < 0) {
+        /* Closed by a stop: the address it had. */
+        if (s->listeners->addr.ss_family == AF_UNSPEC)
+            return -ENOTCONN;
+        *ss = s->listeners->addr;
+        return 0;
+    }
     if (getsockname(s->listeners->fd, (struct sockaddr *)ss, len) < 0)
         return -errno;
     return 0;
@@ -404,16 +418,28 @@ int ymo_server_address(ymo_server_t *s, struct sockaddr_storage *ss, socklen_t *
 
 /* --- Stop -------------------------------------------------------------- */
 
+/* The sockets close at a stop; the structs stay until the server is freed:
+ * connections point at their addresses (c->local), and on_accept may be
+ * returning from a log call that ran the stop. */
 void ymo_server_close_listeners(ymo_server_t *s)
 {
-    while (s->listeners != NULL) {
-        ymo_listener_t *l = s->listeners;
-        s->listeners = l->next;
+    for (ymo_listener_t *l = s->listeners; l != NULL; l = l->next) {
         if (s->loop != NULL) {
             ev_io_stop(s->loop, &l->io);
             ev_timer_stop(s->loop, &l->retry);
         }
-        close(l->fd);
+        if (l->fd >= 0)
+            close(l->fd);
+        l->fd = -1;
+    }
+}
+
+static void free_listeners(ymo_server_t *s)
+{
+    ymo_server_close_listeners(s);
+    while (s->listeners != NULL) {
+        ymo_listener_t *l = s->listeners;
+        s->listeners = l->next;
         free(l);
     }
 }
@@ -575,7 +601,8 @@ int ymo_server_run(ymo_server_t *s)
             goto done;
     } else {
         for (ymo_listener_t *l = s->listeners; l != NULL; l = l->next)
-            ev_io_start(s->loop, &l->io);
+            if (l->fd >= 0)
+                ev_io_start(s->loop, &l->io);
     }
     /* The listeners keep the loop alive; the prepare and async watchers
      * are unref'd so they do not. While stopping, connections do. */
@@ -609,7 +636,7 @@ void ymo_server_free(ymo_server_t *s)
         close_all(s);
         ymo__conn_reap(s);
     }
-    ymo_server_close_listeners(s);
+    free_listeners(s);
     while (s->free_conns != NULL) {
         ymo_conn_t *c = s->free_conns;
         s->free_conns = c->next;
