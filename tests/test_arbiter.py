@@ -489,6 +489,28 @@ def test_a_second_hup_while_the_first_boots_keeps_the_serving_workers(server, tm
     assert sorted(y.live_workers()) == old and y.proc.poll() is None
 
 
+def test_two_refused_reloads_that_change_the_count_cancel_out(server, tmp_path):
+    # 1 -> 3 workers (still booting), then 3 -> 1 with code that cannot
+    # load: both are undone, back to 1 (undoing them one at a time, each
+    # kept at least 1, once came to 3).
+    (tmp_path / "flip.py").write_text(GOOD_APP)
+    conf = tmp_path / "yimmo.toml"
+    conf.write_text("workers = 1\n")
+    y = server("-c", str(conf), "flip:application", cwd=tmp_path, workers=1,
+               env={"PYTHONDONTWRITEBYTECODE": "1"})
+    (tmp_path / "flip.py").write_text(SLOW_APP)
+    conf.write_text("workers = 3\n")
+    y.signal(signal.SIGHUP)
+    y.wait_log(BOOT_RE, count=4)
+    (tmp_path / "flip.py").write_text(BROKEN_APP)
+    conf.write_text("workers = 1\n")
+    y.signal(signal.SIGHUP)
+    y.wait_log(r"Reload failed, keeping the old workers")
+    y.signal(signal.SIGTTIN)    # the manager then says its count: one more than it keeps
+    assert y.wait_log(r"Workers: (\d+)")[0].group(1) == "2"
+    assert y.get("/")[2] == b"v1"
+
+
 def test_ttou_while_workers_boot_is_not_a_bad_app(server, tmp_path):
     # Booting lines show 2 s into the start (held until then), the
     # workers are ready after 4.

@@ -163,11 +163,15 @@ def test_a_base_exception_while_importing_is_one_line_exit_2(tmp_path, mode):
                           "error importing 'odd': Odd: half a deploy (odd.py:4)")
 
 
-def test_a_keyboard_interrupt_raised_by_the_app_in_a_worker_is_one_line_exit_2(tmp_path):
-    # In a worker a real Ctrl-C stops it otherwise: this one is the app's.
+@pytest.mark.parametrize("mode", ["check-config", "serving", "preload"])
+def test_a_keyboard_interrupt_raised_by_the_app_is_one_line_exit_2(tmp_path, mode):
+    # The app's own, not a Ctrl-C (which a SIGINT handler tells apart).
     (tmp_path / "interrupted.py").write_text("raise KeyboardInterrupt('half a deploy')\n")
-    assert_one_line_error(run_cli("-b", "127.0.0.1:0", "interrupted:app", cwd=tmp_path),
-                          "loading 'interrupted:app' raised KeyboardInterrupt: half a deploy")
+    args = {"check-config": ("--check-config",), "serving": ("-b", "127.0.0.1:0"),
+            "preload": ("-b", "127.0.0.1:0", "--preload")}[mode]
+    assert_one_line_error(run_cli(*args, "interrupted:app", cwd=tmp_path),
+                          "error importing 'interrupted': KeyboardInterrupt: half a deploy "
+                          "(interrupted.py:1)")
 
 
 def test_ctrl_c_during_check_config_is_an_interruption(tmp_path):

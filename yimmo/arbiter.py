@@ -497,12 +497,6 @@ class WorkerProcess:
                     return 0    # TERM, INT or QUIT while importing (TTOU, a reload): not the app's fault
                 self._report("E %d %s" % (os.getpid(), e))
                 return WORKER_BOOT_ERROR
-            except KeyboardInterrupt as e:
-                # Not a Ctrl-C (a worker's INT handler stops it instead):
-                # the app raised it.
-                self._report("E %d loading %r raised KeyboardInterrupt%s"
-                             % (os.getpid(), self.settings.app, ": %s" % e if str(e) else ""))
-                return WORKER_BOOT_ERROR
         s = self.settings
         try:
             tls = config.tls_config(s)  # The manager checked it; reported like any boot failure.
@@ -848,8 +842,9 @@ class Arbiter:
         self.reload_from = None
         # The worker count loses what the abandoned reloads changed, and
         # keeps what TTIN and TTOU did.
-        for g in [g for g in self.gen_workers if g > back]:
-            self.num_workers = max(1, self.num_workers - self.gen_workers.pop(g))
+        undo = sum(self.gen_workers.pop(g) for g in [g for g in self.gen_workers if g > back])
+        if undo:
+            self.num_workers = max(1, self.num_workers - undo)
         settings = self.gen_settings[back]
         self.gen_settings = {back: settings}
         if settings is not self.settings:

@@ -14,6 +14,7 @@ traceback), 3 when a replacement worker cannot load the app.
 import importlib
 import os
 import re
+import signal
 import sys
 import traceback
 
@@ -69,6 +70,14 @@ def _one_line(exc):
     return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
 
 
+class CtrlC(KeyboardInterrupt):
+    """A KeyboardInterrupt from SIGINT, told apart from one the app raises."""
+
+
+def _on_sigint(signum, frame):
+    raise CtrlC()
+
+
 def load_app(spec):
     """Import the module and evaluate the expression; AppError (one line) on any failure."""
     module, expr, code = parse_app_spec(spec)
@@ -83,9 +92,9 @@ def load_app(spec):
                        % (module, e.msg, e.filename, e.lineno)) from None
     except SystemExit as e:
         raise AppError("error importing %r: it called sys.exit(%r)%s" % (module, e.code, _where(e))) from None
-    except KeyboardInterrupt:
-        raise   # Ctrl-C while importing: the user's, not the app's
-    except BaseException as e:     # GeneratorExit or another raised by the module, too
+    except CtrlC:
+        raise   # the user's Ctrl-C while importing, not the app's
+    except BaseException as e:     # KeyboardInterrupt raised by the module itself, too
         raise AppError("error importing %r: %s%s" % (module, _one_line(e), _where(e))) from None
 
     if expr is None:
@@ -106,7 +115,7 @@ def load_app(spec):
             app = eval(code, vars(mod))
         except SystemExit as e:
             raise AppError("app %r called sys.exit(%r)%s" % (shown, e.code, _where(e))) from None
-        except KeyboardInterrupt:
+        except CtrlC:
             raise
         except BaseException as e:
             raise AppError("app %r raised %s%s" % (shown, _one_line(e), _where(e))) from None
@@ -168,6 +177,12 @@ def main(argv=None):
         print(config.format_settings(settings))
         return 0
 
+    # Ctrl-C while the app imports (--check-config, --preload) is the
+    # user's; a KeyboardInterrupt the app raises is a broken app. The
+    # manager installs its own handlers before it forks.
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+
     # Like gunicorn: the current directory is importable.
     cwd = os.getcwd()
     if cwd not in sys.path:
@@ -184,7 +199,7 @@ def main(argv=None):
             load_app(settings.app)
     except AppError as e:
         return _die(e)
-    except KeyboardInterrupt:
+    except CtrlC:
         return _die("interrupted", 130)
     if settings.check_config:
         # The log files the server would open (created if missing, as then).
