@@ -206,6 +206,27 @@ def test_workers_killed_while_booting_are_replaced_ever_later(server, tmp_path):
     assert len(y.matches(BOOT_RE)) <= 5 and y.proc.poll() is None
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_worker_stopped_while_it_imports_the_app_is_replaced(server, tmp_path, sig):
+    # Sent to that worker alone on the first boot, not by the manager: it
+    # stops with status 0, which once read as "the app makes every worker
+    # exit" and stopped the server with exit 2.
+    mark = tmp_path / "importing"
+    (tmp_path / "slow.py").write_text(
+        "import os, pathlib, time\n"
+        "pathlib.Path(%r).write_text(str(os.getpid()))\n"
+        "time.sleep(1.5)\n" % str(mark) + GOOD_APP)
+    y = server("slow:application", cwd=tmp_path, wait=False, env={"PYTHONDONTWRITEBYTECODE": "1"})
+    wait_until(lambda: mark.exists() and mark.read_text(), what="the worker to import")
+    pid = int(mark.read_text())
+    with open("/proc/%d/task/%d/children" % (y.proc.pid, y.proc.pid)) as f:
+        assert str(pid) in f.read().split()     # this server's worker, still booting
+    os.kill(pid, sig)
+    y.wait_log(r"died before it was ready; the next one starts in 0.1 s")
+    y.wait_ready(workers=1)
+    assert y.get("/")[2] == b"v1" and y.proc.poll() is None
+
+
 def test_a_stuck_worker_is_killed_after_timeout(server, tmp_path):
     mark = str(tmp_path / "mark")
     y = server("-t", "1", "hello:application", env={"YIMMO_TEST_MARK": mark})

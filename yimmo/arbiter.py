@@ -1011,12 +1011,15 @@ class Arbiter:
         """A worker ended before it was ready. One that exited by itself on
         the first boot has hit what every worker will hit: give up, as for a
         reported boot failure. Otherwise replace it, but each time later,
-        so a crash at start-up does not become a fork loop. True when it was
-        fatal (and said so in one line)."""
+        so a crash at start-up does not become a fork loop. Status 0 is a
+        worker told to stop while it imported (TERM, INT or QUIT sent to it,
+        not by us): replaced too. True when it was fatal (and said so in one
+        line)."""
         exited = os.WIFEXITED(status)
         if exited and os.WEXITSTATUS(status) == WORKER_BOOT_ERROR:
             return False  # Reported, and handled by _boot_failed.
-        if exited and not self.ever_ready and self.reload_from is None:
+        if (exited and os.WEXITSTATUS(status) != 0 and not self.ever_ready
+                and self.reload_from is None):
             self._boot_failed(pid, w, "worker exited with code %d before it was ready"
                               % os.WEXITSTATUS(status))
             return True
