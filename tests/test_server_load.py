@@ -212,22 +212,27 @@ def _refused(address):
 
 
 STOP_IN_LOG = textwrap.dedent("""
-    import logging, os, resource, socket, sys, threading, time, yimmo
-    srv = None
+    import logging, os, resource, socket, sys, threading, yimmo
+    srv, stopped = None, threading.Event()
 
     class StopOnAcceptError(logging.Handler):
         def emit(self, record):     # as a TERM handler landing in this log call
             if record.getMessage().startswith("accept:"):
                 srv.stop(5)
+                stopped.set()
     logging.getLogger("yimmo").addHandler(StopOnAcceptError())
     logging.getLogger("yimmo").setLevel(logging.INFO)
     srv = yimmo.Server(lambda ex: ex.respond(200, [], b"ok"), port=0)
     port = srv.address[1]
     t = threading.Thread(target=srv.run)
     t.start()
+    # In flight through the stop: a request, with the next one's unfinished
+    # head in the same write, so the server holds it once the first is answered.
     busy = socket.create_connection(("127.0.0.1", port))
-    busy.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n")     # the drain waits for it
-    time.sleep(0.2)
+    busy.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\nGET / HTTP/1.1\\r\\nHost: x\\r\\n")
+    first = b""
+    while not first.endswith(b"ok"):
+        first += busy.recv(4096)
     spare = [socket.socket() for _ in range(3)]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     top = max(int(x) for x in os.listdir("/proc/self/fd"))
@@ -237,7 +242,7 @@ STOP_IN_LOG = textwrap.dedent("""
             s.connect(("127.0.0.1", port))
         except ConnectionRefusedError:
             pass    # the stop closed the listener
-    time.sleep(0.5)
+    assert stopped.wait(10)
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     busy.sendall(b"\\r\\n")
     print(busy.recv(4096).split(b"\\r\\n")[0].decode(), flush=True)
