@@ -49,7 +49,7 @@ SERVERS = {
                       "--host", HOST, "--port", str(port), "--no-deflate"],
         "yimmo",
         "`examples/ws_echo_native.py --no-deflate`: `yimmo.Server` with a WebSocket "
-        "handler whose `on_message` calls `ws.send(msg.data)`"),
+        "handler whose `on_message` calls `ws.send(msg)` (the message as received, no copy)"),
     "yimmo-busy-poll": WsServer(
         lambda port: [sys.executable, os.path.join(ROOT, "examples", "ws_echo_native.py"),
                       "--host", HOST, "--port", str(port), "--no-deflate", "--busy-poll", "0.0001"],
