@@ -31,15 +31,7 @@ static int check_live(YmoExchangeObject *ex)
                         "the exchange is over (its handler returned)");
         return -1;
     }
-    /* The connection is its handler's thread's: another thread writing
-     * to it (while the handler waits on a slow client, the GIL released)
-     * would interleave two writers in one response. */
-    if (!pthread_equal(pthread_self(), ex->thread)) {
-        PyErr_SetString(PyExc_RuntimeError, "an Exchange is used on the thread that runs its "
-                                            "handler only, not from other threads");
-        return -1;
-    }
-    return 0;
+    return ymo__py_check_owner(ex->thread, "an Exchange", "its handler");
 }
 
 static const ymo_http_parser_t *request(YmoExchangeObject *ex, const char **base)

@@ -55,6 +55,15 @@ static PyObject *get_logger(ymo_py_state *st)
     return st->logger;
 }
 
+int ymo__py_check_owner(pthread_t owner, const char *what, const char *runner)
+{
+    if (pthread_equal(pthread_self(), owner))
+        return 0;
+    PyErr_Format(PyExc_RuntimeError, "%s is used on the thread that runs %s only, "
+                                     "not from other threads", what, runner);
+    return -1;
+}
+
 /* A log call that failed. Ctrl-C may land in it (the logging module's
  * Python code runs the pending signal handler): that KeyboardInterrupt is
  * not the log's to swallow, so it is tripped again for the loop's signal

@@ -122,6 +122,13 @@ PyObject *ymo__py_headers_new(ymo_py_state *st, PyObject *pairs);
 /* Raise yimmo.ParseError for a YMO_E* code. Returns NULL. */
 PyObject *ymo__py_raise_parse_error(ymo_py_state *st, int err);
 
+/* A connection belongs to the thread that runs its handler: another thread
+ * using it (while that one waits on the client, the GIL released) would
+ * interleave two writers in one response, or outlive the exchange. 0 on
+ * owner's thread, else RuntimeError "WHAT is used on the thread that runs
+ * RUNNER only, not from other threads" and -1. */
+int ymo__py_check_owner(pthread_t owner, const char *what, const char *runner);
+
 /* An int argument in min..max into *out: TypeError or ValueError naming it
  * otherwise (a Python int past a C long included). NULL or None: *out is
  * left as it is (the default). 0 or -1. */

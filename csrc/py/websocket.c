@@ -826,14 +826,8 @@ static int sync_live(YmoWSGIWebSocketObject *w, int need_ws)
         PyErr_SetString(PyExc_RuntimeError, "the request that carried this WebSocket is over");
         return -1;
     }
-    /* Two threads in one connection (a receive() and a send(), or a
-     * receive() left running past the handler) would share its buffers
-     * without a lock, or use it after it went back to the loop. */
-    if (!pthread_equal(pthread_self(), w->thread)) {
-        PyErr_SetString(PyExc_RuntimeError, "a WSGI WebSocket is used on the thread that runs "
-                                            "the application only, not from other threads");
+    if (ymo__py_check_owner(w->thread, "a WSGI WebSocket", "the application") < 0)
         return -1;
-    }
     if (need_ws && w->ws == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "accept() the WebSocket first");
         return -1;

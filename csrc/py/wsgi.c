@@ -55,26 +55,13 @@ typedef struct {
     pthread_t thread;           /* the one that runs the application */
 } YmoWSGIRequestObject;
 
-/* The connection is the application's thread's: another thread writing
- * or reading it (while that one waits on the client, the GIL released)
- * would interleave two users of one connection, or outlive the request. */
-static int req_thread(YmoWSGIRequestObject *rq, const char *what)
-{
-    if (!pthread_equal(pthread_self(), rq->thread)) {
-        PyErr_Format(PyExc_RuntimeError, "%s is used on the thread that runs the application "
-                                         "only, not from other threads", what);
-        return -1;
-    }
-    return 0;
-}
-
 static int req_live(YmoWSGIRequestObject *rq)
 {
     if (rq->conn == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "the request is over");
         return -1;
     }
-    if (req_thread(rq, "the write() callable") < 0)
+    if (ymo__py_check_owner(rq->thread, "the write() callable", "the application") < 0)
         return -1;
     if (rq->conn->flags & YMO_CONN_CLOSED) {
         PyErr_SetString(PyExc_ConnectionError, "the client went away");
@@ -463,7 +450,7 @@ static Py_ssize_t input_next(YmoInputObject *in, const char **data, size_t max)
         PyErr_SetString(PyExc_ValueError, "wsgi.input read after the request ended");
         return -1;
     }
-    if (req_thread(rq, "wsgi.input") < 0)
+    if (ymo__py_check_owner(rq->thread, "wsgi.input", "the application") < 0)
         return -1;
     if (rq->conn->flags & YMO_CONN_CLOSED) {
         PyErr_SetString(PyExc_ConnectionError, "the client went away");
