@@ -9,7 +9,8 @@ The options are in yimmo/config.py and docs/wsgi.md.
 
 Exit status: 0 after a clean stop, 1 when a socket cannot be bound, 2 for a
 bad flag, variable, config file, certificate or app (one line on stderr, no
-traceback), 3 when a replacement worker cannot load the app.
+traceback), 3 when replacement workers cannot load the app and none is left
+serving, 130 when Ctrl-C interrupts --check-config.
 """
 import importlib
 import os
@@ -201,22 +202,17 @@ def main(argv=None):
         return _die(e)
     except CtrlC:
         return _die("interrupted", 130)
-    if settings.check_config:
-        # The log files the server would open (created if missing, as then).
-        for path in (settings.error_logfile, settings.access_logfile):
-            if path not in (None, "-"):
-                try:
-                    open(path, "a").close()
-                except OSError as e:
-                    return _die("cannot open log file %s: %s" % (e.filename, e.strerror or e))
-        return 0
 
+    # The log files open here, --check-config's included: it answers for
+    # what the start would refuse.
     from .arbiter import Arbiter, Logs
     logs = Logs()
     try:
         logs.setup(settings)
     except OSError as e:
         return _die("cannot open log file %s: %s" % (e.filename, e.strerror or e))
+    if settings.check_config:
+        return 0
 
     def reload_settings():
         new = config.load(argv)
