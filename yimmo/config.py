@@ -543,7 +543,7 @@ OPTIONS = [
            validate=_check_sni, metavar="CERT[,KEY]", kind="append", section="tls",
            maps_to='tls["sni"]'),
     Option("check_config", ("--check-config",), _to_bool, False,
-           "Load the config and the app, then exit (0 if both are good).",
+           "Load the config and the app and open the log files, then exit (0 if all are good).",
            kind="flag", section="actions"),
     Option("print_config", ("--print-config",), _to_bool, False,
            "Print the resolved settings and exit.", kind="flag", section="actions"),
