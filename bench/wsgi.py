@@ -142,19 +142,22 @@ def scenario_table(rows, skipped):
     """rows: {server: result}; ratios against the 'yimmo' row."""
     base = rows.get("yimmo")
     out = ["| server | requests/s | vs yimmo | p99 | peak RSS | CPU us/req | vs yimmo | "
-           "server CPU busy | bytes/resp | errors |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "server CPU busy | wrk CPU busy | bytes/resp | errors |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
         per = r.get("read_bytes", 0) / r["requests"] if r.get("requests") else 0
-        out.append("| %s | %.0f | %s | %s | %s | %.1f | %s | %s | %s | %d |" % (
+        out.append("| %s | %.0f | %s | %s | %s | %.1f | %s | %s | %s | %s | %d |" % (
             name, r["rps"], ratio(r["rps"], base["rps"]) if base else "-",
             fmt_us(r.get("lat_p99_us")), fmt_mib(r["peak_rss"]), r["cpu_us_per_req"],
             ratio(r["cpu_us_per_req"], base["cpu_us_per_req"]) if base else "-",
-            "%.0f%%" % (100 * r["cpu_util"]) if r.get("cpu_util") is not None else "-",
-            "%.0f" % per, r["errors"]))
+            busy(r.get("cpu_util")), busy(r.get("client_cpu_util")), "%.0f" % per, r["errors"]))
     for name, why in skipped.items():
-        out.append("| %s | skipped: %s | | | | | | | | |" % (name, why.replace("|", "\\|")))
+        out.append("| %s | skipped: %s | | | | | | | | | |" % (name, why.replace("|", "\\|")))
     return "\n".join(out)
+
+
+def busy(util):
+    return "%.0f%%" % (100 * util) if util is not None else "-"
 
 
 def clean(r):
@@ -187,9 +190,14 @@ def targets(results):
         r = y[key] / v
         ok = r <= goal if low else r >= goal
         what = "CPU us/request" if low else "requests/s"
-        lines.append("- %s, %s: yimmo %.1f vs best peer %s %.1f = %.2fx (target %s %.1fx): %s"
-                     % (scen, what, y[key], peer, v, r, "<=" if low else ">=", goal,
-                        "met" if ok else "NOT met"))
+        line = ("- %s, %s: yimmo %.1f vs best peer %s %.1f = %.2fx (target %s %.1fx): %s"
+                % (scen, what, y[key], peer, v, r, "<=" if low else ">=", goal,
+                   "met" if ok else "NOT met"))
+        if not low:
+            # Requests/s compare servers only while wrk has CPU to spare.
+            line += "; wrk CPU busy %s against yimmo, %s against %s" % (
+                busy(y.get("client_cpu_util")), busy(one[scen][peer].get("client_cpu_util")), peer)
+        lines.append(line)
     return lines
 
 
