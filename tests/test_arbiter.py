@@ -161,6 +161,23 @@ def test_usr1_reopens_the_access_log(server, tmp_path):
     assert "/first" in rotated.read_text()
 
 
+def test_usr1_keeps_a_log_file_it_cannot_reopen(server, tmp_path):
+    """The log directory moved away: USR1 says so in the error log, and the
+    server goes on serving and logging to the file it has (gunicorn dies)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    y = server("--access-logfile", str(logs / "access.log"), "hello:application")
+    moved = tmp_path / "moved"
+    logs.rename(moved)
+    y.signal(signal.SIGUSR1)
+    # The manager's and the worker's.
+    y.wait_log(r"Reopen: cannot open log file .*/logs/access\.log, keeping the old one: "
+               r"No such file or directory", count=2)
+    assert y.get("/after")[0] == 200
+    wait_until(lambda: "/after" in (moved / "access.log").read_text(), what="the access line")
+    assert y.proc.poll() is None
+
+
 def test_usr1_reopens_the_error_log(server, tmp_path):
     errlog, rotated = tmp_path / "error.log", tmp_path / "error.log.1"
     y = server("--error-logfile", str(errlog), "hello:application", wait=False)

@@ -5,6 +5,7 @@ in-process through yimmo.config.load, the function main() calls; the rest
 runs the real CLI in a subprocess. Bad input of any kind must give exit
 status 2 and exactly one line on stderr: "yimmo-wsgi: error: ...".
 """
+import base64
 import re
 import signal
 import socket
@@ -70,6 +71,7 @@ BAD_FLAGS = [
     (["-b", "unix:"], "has no path"),
     (["-b", "fd://three"], "fd:// takes a file descriptor number"),
     (["--access-logformat", "%(h"], "not a valid log format"),
+    (["--access-logformat", "%(h)d"], "not a valid log format"),     # text, as in gunicorn
     (["--limit-request-line", "0"], "must be between 1 and 1048576"),
     (["--limit-request-fields", "x"], "expected an integer"),
     (["--limit-request-field-size", "0"], "must be between 1 and 1048576"),
@@ -524,6 +526,36 @@ def test_default_access_log_format(server):
     line = y.wait_log(r"GET /x", lines=y.out_lines)[0].string
     assert re.fullmatch(r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
                         r'"GET /x\?y=1 HTTP/1\.1" 200 \d+ "-" "-"', line), line
+
+
+def test_access_log_escapes_what_a_client_sends(server):
+    """A client cannot close a quoted field or start a line of its own: '"'
+    is escaped as gunicorn escapes it, '\\' and control characters as Apache
+    does. The Basic user name is UTF-8."""
+    y = server("--access-logfile", "-", "hello:app")
+    user = 'jösé\n10.9.9.9 - admin "POST /x HTTP/1.1" 200 2'
+    auth = "Basic " + base64.b64encode((user + ":pw").encode()).decode()
+    y.get("/e", headers={"Referer": '-" "Spoofed/1.0', "User-Agent": "ua\\",
+                         "Authorization": auth})
+    line = y.wait_log(r"GET /e", lines=y.out_lines)[0].string
+    assert re.fullmatch(r'127\.0\.0\.1 - jösé\\x0a10\.9\.9\.9 - admin \\"POST /x HTTP/1\.1\\" 200 2 '
+                        r'\[[^]]+\] "GET /e HTTP/1\.1" 200 \d+ "-\\" \\"Spoofed/1\.0" "ua\\\\"', line), line
+    assert [l for l in y.out_lines if "10.9.9.9" in l] == [line]
+
+
+def test_access_log_numeric_atoms_and_empty_values(server):
+    # As gunicorn: B T M D are numbers (%(D)d), an empty value prints empty, a missing one '-'.
+    fmt = "<%(D)d %(T).3f %(B)05d [%(q)s] [%({x-empty}i)s] [%({x-absent}i)s]>"
+    y = server("--access-logfile", "-", "--access-logformat", fmt, "hello:app")
+    y.get("/n", headers={"X-Empty": ""})
+    y.wait_log(r"^<\d+ \d\.\d{3} \d{5} \[\] \[\] \[-\]>$", lines=y.out_lines)
+
+
+def test_access_log_to_a_closed_stdout_is_a_start_up_error():
+    r = subprocess.run(["sh", "-c", 'exec "$0" -m yimmo --check-config --access-logfile - hello:app >&-',
+                        sys.executable], cwd=str(APPS), env=clean_env(), capture_output=True,
+                       text=True, timeout=60)
+    assert_one_line_error(r, "cannot open log file -: standard output is closed")
 
 
 def test_no_access_log_by_default(server):

@@ -1165,7 +1165,7 @@ def test_close_is_called_when_iteration_fails_midway(wsgi_server):
         assert c.read_to_eof() == b"1\r\na\r\n1\r\nb\r\n"
     assert bodies[0].closed.wait(IO_TIMEOUT)
     errors = live.wait_errors(1)
-    assert errors[0].getMessage() == "Error handling request"
+    assert errors[0].getMessage() == "Error handling request GET /"
     assert errors[0].exc_info and "failed at part 2" in str(errors[0].exc_info[1])
     resp, body = live.request("GET", "/next")
     assert body == b"next"
@@ -1225,7 +1225,7 @@ def test_exception_before_start_is_a_logged_500_and_serving_goes_on(wsgi_server)
 
     live = wsgi_server(app, expect_errors=True)
     with RawConn(live.address) as c:
-        c.send(get_request("/boom") + get_request("/"))
+        c.send(get_request("/boom?id=4711") + get_request("/"))
         r1 = c.read_response()
         assert r1.status == 500 and r1.header("content-type").startswith("text/plain")
         assert b"boom-4711" not in r1.body  # no traceback leaks to the client
@@ -1233,7 +1233,7 @@ def test_exception_before_start_is_a_logged_500_and_serving_goes_on(wsgi_server)
     resp, body = live.request("GET", "/")
     assert (resp.status, body) == (200, b"fine")
     (err,) = live.wait_errors(1)
-    assert err.name == "yimmo" and err.getMessage() == "Error handling request"
+    assert err.name == "yimmo" and err.getMessage() == "Error handling request GET /boom?id=4711"
     assert err.exc_info[0] is KeyError and "boom-4711" in str(err.exc_info[1])
     assert err.exc_info[2] is not None  # with its traceback
 

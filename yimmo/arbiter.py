@@ -33,9 +33,11 @@ Workers tell the manager over a pipe when they are ready to serve, or why
 they could not load the app: the startup lines are held until the first
 worker is ready, so a bad app name costs the user one line, not a log.
 """
+import errno
 import logging
 import mmap
 import os
+import re
 import select
 import signal
 import socket
@@ -166,48 +168,56 @@ class Logs:
         self.error_handler, self.access = new_handler, new_access
 
     def reopen(self):
-        if self.error_handler is not None:
-            self.error_handler.reopen()
-        if self.access is not None:
-            self.access.reopen()
+        """USR1: reopen both files. One that cannot be opened (its directory
+        gone) keeps its old file, and says so in the error log."""
+        for what in (self.error_handler, self.access):
+            if what is not None:
+                try:
+                    what.reopen()
+                except OSError as e:
+                    log.error("Reopen: cannot open log file %s, keeping the old one: %s",
+                              e.filename, e.strerror or e)
 
 
 class AccessLog:
     """Formats one line per response, gunicorn's atoms; called by WSGIServer.
 
     The format is parsed once; each call computes only the atoms it uses.
+    Text atoms are escaped as Apache escapes its logs (a quote as \\", a
+    backslash as \\\\, control characters as \\xHH), so a client cannot end a
+    quoted field or start a line. Each line is one write(), unbuffered: it
+    is out when the response is, and lines from several workers do not mix
+    (up to PIPE_BUF, 4096 bytes, on a pipe).
     """
 
     def __init__(self, fmt, path):
         self.fmt = fmt
         self.path = path
         self.lock = threading.Lock()  # With --threads, responses finish on several threads.
-        self.stream = self._open()
-        names = set()
-
-        class Collect(dict):
-            def __missing__(self, key):
-                names.add(key)
-                return "-"
-        fmt % Collect()
-        self.getters = [(n, self._getter(n)) for n in sorted(names)]
+        self.fd = self._open()
+        self.getters = [(n, self._getter(n)) for n in sorted(config.format_atoms(fmt))]
 
     def _open(self):
         if self.path == "-":
-            return sys.stdout
-        return open(self.path, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
+            fd = sys.stdout.fileno() if sys.stdout is not None else -1
+            try:
+                os.fstat(fd)
+            except (OSError, ValueError):
+                raise OSError(errno.EBADF, "standard output is closed", "-") from None
+            return fd
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
 
     def reopen(self):
         if self.path == "-":
             return
         new = self._open()
         with self.lock:
-            old, self.stream = self.stream, new
-            old.close()
+            old, self.fd = self.fd, new
+        os.close(old)
 
     def close(self):
-        if self.stream is not sys.stdout:
-            self.stream.close()
+        if self.path != "-":
+            os.close(self.fd)
 
     def __call__(self, environ, status_line, headers, body_bytes, duration):
         atoms = {}
@@ -216,13 +226,18 @@ class AccessLog:
                 v = get(environ, status_line, headers, body_bytes, duration)
             except Exception:
                 v = None
-            atoms[name] = "-" if v is None or v == "" else v
-        line = self.fmt % atoms + "\n"
+            if v is None:
+                v = "-"
+            elif type(v) is str and _UNSAFE.search(v):
+                v = v.translate(_ESCAPES)
+            atoms[name] = v
+        data = (self.fmt % atoms + "\n").encode("utf-8", "backslashreplace")
         try:
             with self.lock:
-                self.stream.write(line)
-        except (OSError, ValueError):
-            pass  # A full disk or a closed stdout must not fail the response.
+                while data:
+                    data = data[os.write(self.fd, data):]
+        except OSError:
+            pass  # A full disk or a closed pipe must not fail the response.
 
     @staticmethod
     def _getter(name):
@@ -241,12 +256,19 @@ class AccessLog:
         return _ATOMS.get(name, lambda e, s, h, b, d: None)
 
 
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\]')
+_ESCAPES = {c: "\\x%02x" % c for c in [*range(0x20), 0x7f]}
+_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
+
+
 def _user(environ):
+    # The user name of Basic credentials, UTF-8 as gunicorn reads it (RFC 7617).
     auth = environ.get("HTTP_AUTHORIZATION", "")
     if auth[:6].lower() == "basic ":
         import base64
         try:
-            return base64.b64decode(auth[6:].strip()).decode("latin-1").split(":", 1)[0]
+            raw = base64.b64decode(auth[6:].strip().encode("latin-1"))
+            return raw.split(b":", 1)[0].decode("utf-8")
         except Exception:
             return None
     return None
@@ -262,7 +284,7 @@ def _request_line(e):
 
 
 _ATOMS = {
-    "h": lambda e, s, h, b, d: e.get("REMOTE_ADDR"),
+    "h": lambda e, s, h, b, d: e.get("REMOTE_ADDR") or None,    # "" on a unix socket
     "l": lambda e, s, h, b, d: "-",
     "u": lambda e, s, h, b, d: _user(e),
     "t": lambda e, s, h, b, d: time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(time.time() - d)),

@@ -206,14 +206,26 @@ def _check_binds(v):
 def _check_format(v):
     # A format gunicorn accepts: %(atom)s pieces; literal % as %%.
     try:
-        v % _AnyAtoms()
+        format_atoms(v)
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError("not a valid log format (%s)" % (e,)) from None
 
 
-class _AnyAtoms(dict):
-    def __missing__(self, key):
-        return "-"
+def format_atoms(fmt):
+    """The atoms an access log format uses. Each stands in as a value of its
+    kind, so gunicorn's numeric ones take numeric conversions (%(D)d,
+    %(T).3f) and text ones do not; a bad format raises as it would per line."""
+    names = set()
+
+    class Atoms(dict):
+        def __missing__(self, key):
+            names.add(key)
+            return 0 if key in _NUMERIC_ATOMS else "-"
+    fmt % Atoms()
+    return names
+
+
+_NUMERIC_ATOMS = frozenset("BTDM")  # bytes sent and the durations: ints, as in gunicorn
 
 
 # --- Bind addresses -----------------------------------------------------------

@@ -1313,6 +1313,25 @@ static void log_access(YmoServerObject *srv, PyObject *env, YmoWSGIRequestObject
     Py_XDECREF(headers);
 }
 
+/* The application raised: log it with the request it raised on, in
+ * gunicorn's words ("Error handling request GET /path?query"). The method
+ * and target come from the environ, when the application left them str. */
+static void app_failed(YmoServerObject *srv, ymo_conn_t *c, PyObject *env)
+{
+    char msg[512] = "Error handling request";
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *m = env ? PyDict_GetItem(env, srv->st->wsgi_keys[WK_REQUEST_METHOD]) : NULL;
+    PyObject *u = env ? PyDict_GetItem(env, srv->st->wsgi_keys[WK_RAW_URI]) : NULL;
+    const char *ms = m && PyUnicode_Check(m) ? PyUnicode_AsUTF8(m) : NULL;
+    const char *us = u && PyUnicode_Check(u) ? PyUnicode_AsUTF8(u) : NULL;
+    if (ms != NULL && us != NULL)
+        snprintf(msg, sizeof(msg), "Error handling request %.32s %.400s%s",
+                 ms, us, strlen(us) > 400 ? "..." : "");
+    PyErr_Clear();      /* a failed UTF-8 conversion only shortens the message */
+    PyErr_SetRaisedException(exc);
+    ymo__py_app_failed(srv, c, msg);
+}
+
 /* The response is over (or failed, with the error set): close() the
  * iterable, finish or cut the response, log the access, let go. */
 static void finish(YmoWSGIRequestObject *rq, int failed)
@@ -1320,7 +1339,7 @@ static void finish(YmoWSGIRequestObject *rq, int failed)
     YmoServerObject *srv = rq->server;
     ymo_conn_t *c = rq->conn;
     if (failed)
-        ymo__py_app_failed(srv, c, "Error handling request");
+        app_failed(srv, c, rq->env);
     Py_CLEAR(rq->iter);
     PyObject *result = rq->result;
     rq->result = NULL;

@@ -28,8 +28,9 @@ BOOT_RE = re.compile(r"Booting worker with pid: (\d+)")
 READY_RE = re.compile(r"Worker ready \(pid: (\d+)\)")
 EXIT_RE = re.compile(r"Worker exiting \(pid: (\d+)\)")
 
-# Variables that would leak the caller's settings into the server under test.
-_SCRUB = ("PORT", "WEB_CONCURRENCY")
+# Variables that would leak the caller's settings into the server under test
+# (PYTHONUNBUFFERED too: a user's stdout is a buffered pipe or file).
+_SCRUB = ("PORT", "WEB_CONCURRENCY", "PYTHONUNBUFFERED")
 
 
 def clean_env(extra=None):
