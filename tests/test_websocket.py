@@ -439,6 +439,58 @@ def test_bytes_behind_the_handshake_are_kept(ws_server):
     assert rec.wait_closes() == [(1000, "done")]
 
 
+class LoopHolder:
+    """A WebSocket whose message holds the loop thread until released, so
+    that another client's bytes and FIN wait in the kernel together."""
+
+    def __init__(self):
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def on_message(self, ws, msg):
+        self.entered.set()
+        self.release.wait(IO_TIMEOUT)
+
+    def hold(self, live):
+        conn, _ = open_raw(live, path="/hold")
+        conn.send(frame(BINARY, b"hold"))
+        assert self.entered.wait(IO_TIMEOUT)
+        return conn
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+@pytest.mark.parametrize("with_handshake", [False, True], ids=["open", "handshake"])
+def test_frames_and_fin_read_together_are_all_served(server, with_handshake, extra):
+    """Frames and the peer's FIN found by one read, which they fill exactly
+    (extra=0: read_size bytes) or nearly: every message is delivered first,
+    then the peer's close is answered, or its FIN seen at once (1006).
+    Before, an exact fill dropped the message and the close frame, and
+    after a handshake the FIN went unseen until the idle timeout."""
+    rec, holder = Recorder(), LoopHolder()
+    read_size = 4096
+    live = server(page, websocket={"/ws": rec, "/hold": holder}, read_size=read_size,
+                  ws_idle_timeout=120)
+    head = upgrade_request() if with_handshake else b""
+    tail = b"" if with_handshake else close_frame(1000, b"bye")
+    if not with_handshake:
+        conn, _ = open_raw(live)
+    else:
+        conn = live.connect()
+    with conn, holder.hold(live):
+        size = read_size + extra - len(head) - len(tail) - 8     # 8: 16-bit length header + mask
+        conn.send(head + frame(BINARY, b"x" * size) + tail)
+        conn.sock.shutdown(socket.SHUT_WR)
+        holder.release.set()
+        if with_handshake:
+            assert conn.read_head().status == 101
+        assert read_frame(conn) == (1, 0, BINARY, b"x" * size)
+        if with_handshake:
+            conn.assert_closed()
+        else:
+            expect_close(conn, 1000)
+    assert rec.wait_closes() == [(1006, "") if with_handshake else (1000, "bye")]
+    assert rec.count("message") == 1
+
+
 def test_handshake_response(ws_server):
     live, url = ws_server(Recorder())
     conn, resp = open_raw(live)

@@ -260,8 +260,10 @@ drop:
  * record, and the socket announces the rest. */
 static void feed_pending(ymo_conn_t *c)
 {
-    if (c->transport->pending != NULL && (c->flags & YMO_CONN_READING)
-        && c->transport->pending(c) > 0)
+    if (!(c->flags & YMO_CONN_READING))
+        return;
+    if ((c->flags & YMO_CONN_EOF_SEEN)
+        || (c->transport->pending != NULL && c->transport->pending(c) > 0))
         ev_feed_event(c->server->loop, &c->rio, EV_READ);
 }
 
@@ -350,6 +352,15 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
         linger_read(c);
         return;
     }
+    if (c->flags & YMO_CONN_EOF_SEEN) {
+        /* The EOF found behind data, once the protocol wants input again:
+         * everything before it has been taken (a WebSocket takes one
+         * message per pass). */
+        c->flags |= YMO_CONN_EOF;
+        ymo_conn_read_stop(c);
+        c->proto->on_eof(c, 0);
+        return;
+    }
     /* Room for as much as the last wakeup brought: a peer streaming large
      * messages or bodies is read in one call instead of a growing few. */
     size_t want = c->read_hint > s->cfg.read_size ? c->read_hint : s->cfg.read_size;
@@ -384,6 +395,13 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
             again = 1;
             break;
         }
+        if (n == 0 && got) {
+            /* EOF right behind data: the data now, the EOF when the
+             * protocol reads again (feed_pending below, or its next
+             * read_start). Not at once: it may not have taken all of it. */
+            c->flags |= YMO_CONN_EOF_SEEN;
+            break;
+        }
         /* EOF or a failed read: let the protocol see what arrived first. */
         if (got)
             c->proto->on_data(c);
@@ -412,7 +430,7 @@ static void linger_start(ymo_conn_t *c)
     c->flags |= YMO_CONN_LINGERING;
     c->flags &= ~YMO_CONN_CLOSE_AFTER_FLUSH;
     c->transport->shutdown(c);
-    if (c->flags & YMO_CONN_EOF) {
+    if (c->flags & (YMO_CONN_EOF | YMO_CONN_EOF_SEEN)) {
         ymo_conn_close(c);
         return;
     }
@@ -583,6 +601,8 @@ int ymo_conn_flush_sync(ymo_conn_t *c, double timeout)
 
 int ymo_conn_read_sync(ymo_conn_t *c, double timeout)
 {
+    if (c->flags & YMO_CONN_EOF_SEEN)
+        c->flags |= YMO_CONN_EOF;
     if (c->flags & (YMO_CONN_CLOSED | YMO_CONN_EOF))
         return YMO_E_CLOSED;
     for (;;) {

@@ -132,7 +132,8 @@ enum ymo_conn_flags {
     YMO_CONN_WRITE_WANTS_READ = 1u << 12,   /* the transport's write waits for POLLIN */
     YMO_CONN_DIRTY = 1u << 13,          /* output queued: on the server's flush list */
     YMO_CONN_STOP_WAKES = 1u << 14,     /* a blocking read returns 1 once the server stops */
-    YMO_CONN_SEND_TIMER = 1u << 15      /* the timer is the send timeout a blocked write set */
+    YMO_CONN_SEND_TIMER = 1u << 15,     /* the timer is the send timeout a blocked write set */
+    YMO_CONN_EOF_SEEN = 1u << 16        /* a read found EOF behind data: on_eof in the next pass */
 };
 
 typedef struct {
