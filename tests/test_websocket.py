@@ -530,7 +530,7 @@ def test_request_attributes(ws_server):
     assert seen["path"] == "/ws" and seen["query"] == "room=1&x=%20"
     assert seen["origin"] == "http://example.com" and seen["custom"] == "yes"
     assert tuple(seen["remote"][:2]) == tuple(local[:2])
-    assert seen["offered"] == []
+    assert seen["offered"] == ()
 
 
 # ---------------------------------------------------------------------------
@@ -770,6 +770,44 @@ def test_subprotocol_selection(ws_server):
     connects = [e for e in rec.events if e[0] == "connect"]
     assert [e[3] for e in connects] == [["chat.v1", "chat.v2"], ["other"], []]
     assert [e[1] for e in rec.events if e[0] == "open"] == ["chat.v2", None, None]
+
+
+@pytest.mark.parametrize("routes, exc", [({1: Recorder()}, TypeError), ({b"/ws": Recorder()}, TypeError),
+                                          ({"ws": Recorder()}, ValueError), ({"": Recorder()}, ValueError)])
+def test_websocket_paths_that_cannot_match_are_refused(routes, exc):
+    with pytest.raises(exc, match="websocket path"):
+        yimmo.Server(page, port=0, websocket=routes)
+
+
+def test_subprotocols_cannot_be_changed_by_the_application(ws_server):
+    """on_connect's choice is checked against what the client offered: the
+    offer is a tuple, so the application cannot add to it."""
+    seen = []
+
+    class H(Recorder):
+        def on_connect(self, ws):
+            seen.append(ws.subprotocols)
+            ws.subprotocols.append("evil")      # AttributeError: refused, logged, 500
+            return "evil"
+
+    live, url = ws_server(H())
+    with pytest.raises(InvalidStatus) as ei:
+        connect(url, subprotocols=["chat"], open_timeout=IO_TIMEOUT)
+    assert ei.value.response.status_code == 500
+    assert seen == [("chat",)]
+
+
+@pytest.mark.parametrize("deflate", [True, False])
+def test_a_malformed_extensions_line_is_refused_before_on_connect(ws_server, deflate):
+    """RFC 6455 4.2.1: a handshake that breaks the grammar gets 400, and
+    on_connect ("a valid handshake arrived") never hears of it."""
+    rec = Recorder()
+    live, url = ws_server(rec, ws_deflate=deflate)
+    with live.connect() as c:
+        c.send(upgrade_request("/ws", extra=[("Sec-WebSocket-Extensions", "permessage-deflate x")]))
+        resp = c.read_response()
+        assert resp.status == 400 and b"malformed Sec-WebSocket-Extensions" in resp.body, resp
+    assert rec.count("connect") == 0
 
 
 def test_subprotocol_header_variants(ws_server):
@@ -1168,6 +1206,20 @@ def test_idle_timeout(ws_server):
     assert rec.wait_closes() == [(1001, "idle timeout")]
 
 
+def test_idle_timeout_also_while_a_keepalive_ping_is_out(ws_server):
+    """A silent peer is closed at the idle deadline even when a ping's
+    timeout would come later (the WSGI receive() already did so)."""
+    rec = Recorder()
+    live, url = ws_server(rec, ws_idle_timeout=0.6, ws_ping_interval=0.2, ws_ping_timeout=30)
+    conn, _ = open_raw(live)
+    with conn:
+        t0 = time.monotonic()
+        assert read_frame(conn)[2] == PING
+        assert expect_close(conn, 1001) == b"idle timeout"
+        assert time.monotonic() - t0 < 10
+    assert rec.wait_closes() == [(1001, "idle timeout")]
+
+
 def test_idle_timeout_reset_by_traffic(ws_server):
     live, url = ws_server(Recorder(), ws_idle_timeout=0.5)
     with connect(url) as c:
@@ -1418,6 +1470,36 @@ def test_keepalive_ping_is_answered_by_a_live_client(ws_server):
         c.send("still here")
         assert c.recv(timeout=IO_TIMEOUT) == "still here"
     assert [code for code, _ in rec.wait_closes()] == [1000]
+
+
+class SendsThenCloses:
+    def __init__(self, size):
+        self.size, self.closes = size, []
+
+    def on_open(self, ws):
+        ws.send(b"b" * self.size)       # more than the socket buffers take at once
+        ws.close(1000, "bye")
+
+    def on_close(self, ws, code, reason):
+        self.closes.append(code)
+
+
+def test_close_waits_for_the_peer_after_its_frame_is_out_not_send_timeout(ws_server):
+    """Our close frame queued behind a large send: once it is out, the wait
+    for the peer's close is the 5 s of a close, not send_timeout (60 s here)."""
+    h = SendsThenCloses(8 << 20)
+    live, url = ws_server(h, send_timeout=60)
+    conn = RawConn(live.address, rcvbuf=65536, timeout=20)
+    with conn:
+        conn.send(upgrade_request())
+        assert conn.read_head().status == 101
+        while not conn.buf.endswith(b"\x03\xe8bye"):  # all of it, our close last; no answer
+            assert conn.fill()
+        conn.buf.clear()
+        t0 = time.monotonic()
+        conn.assert_closed()
+        assert 4 < time.monotonic() - t0 < 20
+    assert wait_for(lambda: h.closes == [1006], IO_TIMEOUT)
 
 
 def test_unanswered_keepalive_ping_closes(ws_server):

@@ -118,6 +118,37 @@ def test_ping_between_fragments(wsgi_server):  # noqa: F811
             (0, 0, TEXT, b"a"), (1, 0, PING, b"p1"), (1, 0, CONT, b"b")]
 
 
+@pytest.mark.parametrize("extra, status, why", [
+    ([("Sec-WebSocket-Version", "12")], 426, b"Sec-WebSocket-Version: 13 only"),
+    ([("Sec-WebSocket-Key", "short")], 400, b"malformed Sec-WebSocket-Key"),
+    ([("Sec-WebSocket-Extensions", "permessage-deflate x")], 400, b"malformed Sec-WebSocket-Extensions"),
+])
+def test_accept_on_a_bad_handshake_answers_the_client(wsgi_server, extra, status, why):  # noqa: F811
+    """accept() refuses a handshake that is not valid as the native server
+    does (400, or 426 naming version 13), and raises ValueError in the app."""
+    seen = []
+
+    def app(environ, start_response):
+        try:
+            environ["yimmo.websocket"].accept()
+        except ValueError as e:
+            seen.append(str(e))
+        return []
+
+    live = wsgi_server(app, validate=False)
+    version = [v for k, v in extra if k == "Sec-WebSocket-Version"]
+    key = [v for k, v in extra if k == "Sec-WebSocket-Key"]
+    ext = [(k, v) for k, v in extra if k == "Sec-WebSocket-Extensions"]
+    with RawConn(("127.0.0.1", live.port)) as c:
+        c.send(upgrade_request("/", version=version[0] if version else "13",
+                               key=key[0] if key else "dGhlIHNhbXBsZSBub25jZQ==", extra=ext))
+        resp = c.read_response()
+        assert resp.status == status and why in resp.body, resp
+        if status == 426:
+            assert resp.header("sec-websocket-version") == "13"
+    assert seen and "not a valid WebSocket handshake (HTTP %d" % status in seen[0]
+
+
 @pytest.mark.parametrize("offer, chosen, ok", [(["a", "b"], "b", True), (["a"], "chat", False),
                                               (None, "chat", False)])
 def test_accept_takes_only_an_offered_subprotocol(wsgi_server, offer, chosen, ok):  # noqa: F811

@@ -541,6 +541,22 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
                         "websocket must be a dict of {path: handler object}");
         return NULL;
     }
+    if (ws_routes != Py_None) {
+        /* A key that no request path can equal would never match: say so. */
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(ws_routes, &pos, &key, &value)) {
+            if (!PyUnicode_Check(key)) {
+                PyErr_Format(PyExc_TypeError, "websocket paths are str, not %.100s",
+                             Py_TYPE(key)->tp_name);
+                return NULL;
+            }
+            if (PyUnicode_GET_LENGTH(key) == 0 || PyUnicode_READ_CHAR(key, 0) != '/') {
+                PyErr_Format(PyExc_ValueError, "websocket path %R does not start with '/'", key);
+                return NULL;
+            }
+        }
+    }
     if (ws_routes != Py_None && PyDict_GET_SIZE(ws_routes) > 0 && nthreads > 0) {
         /* The callbacks run on the loop thread, as the connections do; a
          * handler on a worker thread could not use them safely. */

@@ -477,7 +477,8 @@ static void hook_ws_close(ymo_server_t *s, ymo_conn_t *c, int code, const char *
     Py_DECREF(ws);      /* the connection's reference, from the upgrade */
 }
 
-/* The subprotocols a client offers, as a list of str: every
+/* The subprotocols a client offers, as a tuple of str (what on_connect's
+ * choice is checked against: the application cannot change it): every
  * Sec-WebSocket-Protocol line, in order (RFC 6455 11.3.4: several lines
  * mean the same as one joined with commas). */
 static PyObject *offered(ymo_conn_t *c)
@@ -507,7 +508,9 @@ static PyObject *offered(ymo_conn_t *c)
             }
         }
     }
-    return list;
+    PyObject *t = list ? PyList_AsTuple(list) : NULL;
+    Py_XDECREF(list);
+    return t;
 }
 
 static int check_subprotocol(PyObject *chosen, PyObject *offered_list)
@@ -524,10 +527,11 @@ static int check_subprotocol(PyObject *chosen, PyObject *offered_list)
     return in == 1 ? 0 : -1;
 }
 
-static void refuse(ymo_conn_t *c, int status)
+static void refuse(ymo_conn_t *c, int status, const char *why)
 {
     ymo_http_response_t *resp = ymo_http_response(c);
-    static const char text[] = "WebSocket handshake refused\n";
+    char text[160];
+    int len = snprintf(text, sizeof(text), "WebSocket handshake refused: %s\n", why);
     memset(resp, 0, sizeof(*resp));
     /* RFC 6455 4.4: a version we do not speak gets 426 naming ours (with
      * Upgrade, RFC 9110 15.5.22). The connection closes after it. */
@@ -537,8 +541,8 @@ static void refuse(ymo_conn_t *c, int status)
                          || ymo_http_response_header(c, "Sec-WebSocket-Version", 21, "13", 2) < 0))
                  || ymo_http_response_header(c, "Content-Type", 12, "text/plain", 10) < 0
                  || ymo_http_response_header(c, "Connection", 10, "close", 5) < 0
-                 || ymo_http_response_end_head(c, sizeof(text) - 1) < 0
-                 || ymo_http_response_body(c, text, sizeof(text) - 1, NULL) < 0
+                 || ymo_http_response_end_head(c, (int64_t)len) < 0
+                 || ymo_http_response_body(c, text, (size_t)len, NULL) < 0
                  || ymo_http_response_finish(c) < 0;
     (void)failed;   /* closed below either way */
     resp->flags |= YMO_RESP_CLOSE;
@@ -552,7 +556,7 @@ int ymo__py_ws_upgrade(YmoServerObject *srv, ymo_conn_t *c, PyObject *handler, P
     if (r == 1)
         return 0;       /* not an upgrade: the HTTP handler answers */
     if (r != 0) {
-        refuse(c, r);
+        refuse(c, r, req.refusal);
         return 1;
     }
     YmoWebSocketObject *ws = PyObject_GC_New(YmoWebSocketObject, srv->st->websocket_type);
@@ -862,8 +866,13 @@ static PyObject *sync_accept(YmoWSGIWebSocketObject *w, PyObject *args, PyObject
     ymo_ws_request_t req;
     int r = ymo_ws_check_request(w->conn, &req);
     if (r != 0) {
-        PyErr_Format(PyExc_ValueError, "not a valid WebSocket handshake (HTTP %d)",
-                     r == 1 ? 400 : r);
+        /* The client hears why, as from a native server; the application
+         * gets the error (and its 500 is not sent over this answer). */
+        const char *why = r == 1 ? "no Upgrade: websocket" : req.refusal;
+        if (!(ymo_http_response(w->conn)->flags & YMO_RESP_STARTED))
+            refuse(w->conn, r == 1 ? 400 : r, why);
+        PyErr_Format(PyExc_ValueError, "not a valid WebSocket handshake (HTTP %d: %s)",
+                     r == 1 ? 400 : r, why);
         return NULL;
     }
     ymo_ws_config_t cfg = w->server->ws_config;
@@ -1020,7 +1029,7 @@ PyObject *ymo__py_wsgi_ws_new(YmoServerObject *srv, ymo_conn_t *c)
     w->closed = 0;
     w->thread = pthread_self();
     ymo_ws_request_t req;
-    w->subprotocols = ymo_ws_check_request(c, &req) == 0 ? offered(c) : PyList_New(0);
+    w->subprotocols = ymo_ws_check_request(c, &req) == 0 ? offered(c) : PyTuple_New(0);
     if (w->subprotocols == NULL) {
         Py_DECREF(w);
         return NULL;

@@ -52,6 +52,9 @@ typedef struct ymo_ws_s ws_t;
 
 #define WS(c) ((ws_t *)(c)->proto_data)
 
+/* Seconds our close frame, once sent, waits for the peer's (RFC 6455 7.1.1). */
+#define CLOSE_WAIT 5.0
+
 static void ws_process(ymo_conn_t *c, ws_t *ws);
 
 /* The one timer: the next of the idle deadline, the keep-alive ping, and
@@ -62,10 +65,15 @@ static void arm(ymo_conn_t *c, ws_t *ws)
     if ((c->flags & YMO_CONN_SEND_TIMER) && c->out.bytes > 0)
         return;
     double t = ws->cfg.idle_timeout;
-    if (ws->flags & WF_PING_OUT)
+    if (ws->flags & WF_PING_OUT) {
+        /* The answer's deadline, unless the idle one comes first. */
+        double idle = t - (ev_now(c->server->loop) - ws->last_rx);
         t = ws->cfg.ping_timeout;
-    else if (ws->cfg.ping_interval > 0 && (t <= 0 || ws->cfg.ping_interval < t))
+        if (ws->cfg.idle_timeout > 0 && idle < t)
+            t = idle > 0.001 ? idle : 0.001;
+    } else if (ws->cfg.ping_interval > 0 && (t <= 0 || ws->cfg.ping_interval < t)) {
         t = ws->cfg.ping_interval;
+    }
     ymo_conn_timer(c, t);
 }
 
@@ -89,6 +97,8 @@ static const ymo_http_header_t *find(const ymo_http_parser_t *p, const char *bas
 }
 
 
+static int negotiate(ymo_conn_t *c, ymo_ws_deflate_params_t *params, char *ext, size_t extlen);
+
 int ymo_ws_check_request(ymo_conn_t *c, ymo_ws_request_t *req)
 {
     const char *base;
@@ -99,12 +109,15 @@ int ymo_ws_check_request(ymo_conn_t *c, ymo_ws_request_t *req)
         return 1;
     memset(req, 0, sizeof(*req));
     /* RFC 6455 4.2.1: GET, HTTP/1.1, Connection: Upgrade, a 16-byte key. */
+    req->refusal = "a WebSocket handshake is a GET over HTTP/1.1 with Connection: Upgrade";
     if (p->method.len != 3 || memcmp(base + p->method.off, "GET", 3) != 0
         || p->version_minor < 1 || !(p->flags & YMO_HTTP_F_UPGRADE))
         return 400;
+    req->refusal = "Sec-WebSocket-Version: 13 only";
     const ymo_http_header_t *ver = find(p, base, "sec-websocket-version", &n);
     if (ver == NULL || n != 1 || ver->value.len != 2 || memcmp(base + ver->value.off, "13", 2) != 0)
         return 426;
+    req->refusal = "malformed Sec-WebSocket-Key";
     const ymo_http_header_t *key = find(p, base, "sec-websocket-key", &n);
     if (key == NULL || n != 1 || key->value.len != 24 || base[key->value.off + 22] != '='
         || base[key->value.off + 23] != '=')
@@ -124,9 +137,17 @@ int ymo_ws_check_request(ymo_conn_t *c, ymo_ws_request_t *req)
     }
     const ymo_http_header_t *ext = find(p, base, "sec-websocket-extensions", &n);
     if (ext != NULL) {
+        /* Every line must parse (RFC 6455 4.2.1: 400 for any violation of
+         * the handshake's grammar), before the application is asked. */
+        ymo_ws_deflate_params_t params;
+        char out[160];
+        req->refusal = "malformed Sec-WebSocket-Extensions";
+        if (negotiate(c, &params, out, sizeof(out)) < 0)
+            return 400;
         req->extensions = base + ext->value.off;
         req->extensions_len = ext->value.len;
     }
+    req->refusal = NULL;
     return 0;
 }
 
@@ -184,6 +205,7 @@ static int start(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subprot
     if (ymo_ws_accept_key(req->key, req->key_len, accept) < 0)
         return YMO_E_STATE;
     if (cfg->deflate && req->extensions != NULL) {
+        /* ymo_ws_check_request has checked every line already. */
         deflate = negotiate(c, &params, ext, sizeof(ext));
         if (deflate < 0) {
             ymo_http_respond_error(c, 400, "malformed Sec-WebSocket-Extensions");
@@ -401,7 +423,7 @@ int ymo_ws_close(ymo_conn_t *c, int code, const char *reason, size_t len)
         ymo_conn_close_after_flush(c);
     } else {
         /* Wait (a while) for the peer's close frame. */
-        ymo_conn_timer(c, 5.0);
+        ymo_conn_timer(c, CLOSE_WAIT);
     }
     return 0;
 }
@@ -626,9 +648,14 @@ static void on_drained(ymo_conn_t *c)
     if ((ws->flags & WF_PONG_DUE) && !(ws->flags & WF_CLOSE_SENT))
         send_frame(c, 1, 0, YMO_WS_PONG, ws->pong, ws->pong_len, NULL);
     ws->flags &= ~WF_PONG_DUE;
-    /* A write blocked and is done: the idle and ping deadlines again. */
-    if ((c->flags & YMO_CONN_SEND_TIMER) && !(ws->flags & WF_CLOSE_SENT))
-        arm(c, ws);
+    /* A write blocked and is done: the idle and ping deadlines again, or,
+     * once our close frame is out, the wait for the peer's. */
+    if (c->flags & YMO_CONN_SEND_TIMER) {
+        if (ws->flags & WF_CLOSE_SENT)
+            ymo_conn_timer(c, CLOSE_WAIT);
+        else
+            arm(c, ws);
+    }
 }
 
 static void on_timeout(ymo_conn_t *c)
@@ -647,17 +674,17 @@ static void on_timeout(ymo_conn_t *c)
         ymo_conn_close(c);
         return;
     }
-    if (ws->flags & WF_PING_OUT) {
-        /* RFC 6455 5.5.2: the ping went unanswered. */
-        queue_close(c, ws, YMO_WS_GOING_AWAY, "ping timeout", 12);
-        notify_close(c, ws, YMO_WS_GOING_AWAY, "ping timeout", 12);
-        ymo_conn_close_after_flush(c);
-        return;
-    }
     double quiet = ev_now(c->server->loop) - ws->last_rx;
     if (ws->cfg.idle_timeout > 0 && quiet + 0.001 >= ws->cfg.idle_timeout) {
         queue_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
         notify_close(c, ws, YMO_WS_GOING_AWAY, "idle timeout", 12);
+        ymo_conn_close_after_flush(c);
+        return;
+    }
+    if (ws->flags & WF_PING_OUT) {
+        /* RFC 6455 5.5.2: the ping went unanswered. */
+        queue_close(c, ws, YMO_WS_GOING_AWAY, "ping timeout", 12);
+        notify_close(c, ws, YMO_WS_GOING_AWAY, "ping timeout", 12);
         ymo_conn_close_after_flush(c);
         return;
     }
@@ -711,7 +738,7 @@ static void on_stop(ymo_conn_t *c)
     if (ws->flags & WF_CLOSE_RECEIVED)
         ymo_conn_close_after_flush(c);
     else
-        ymo_conn_timer(c, 5.0);
+        ymo_conn_timer(c, CLOSE_WAIT);
 }
 
 const ymo_proto_t ymo__ws_proto = {
@@ -809,8 +836,8 @@ int ymo_ws_sync_recv(ymo_conn_t *c, ymo_ws_t *ws, int *opcode, uint8_t **data, s
          * is due, or its answer overdue (the loop's on_timeout, by hand). */
         double now = monotonic();
         double wait = ws->sync_rx + ws->cfg.idle_timeout - now;
-        if ((ws->flags & WF_CLOSE_SENT) && wait > 5.0)
-            wait = 5.0;     /* our close is out: 5 s for the peer's, as on the loop */
+        if ((ws->flags & WF_CLOSE_SENT) && wait > CLOSE_WAIT)
+            wait = CLOSE_WAIT;  /* our close is out: the peer's, as on the loop */
         else if (ws->cfg.ping_interval > 0) {
             double due = (ws->flags & WF_PING_OUT) ? ws->ping_sent + ws->cfg.ping_timeout
                                                    : ws->sync_rx + ws->cfg.ping_interval;

@@ -170,11 +170,14 @@ typedef struct {
     const char *extensions;     /* the first Sec-WebSocket-Extensions, or NULL;
                                    ymo_ws_accept reads every line */
     size_t extensions_len;
+    const char *refusal;        /* when refused: why, for the response body */
 } ymo_ws_request_t;
 
 /* Is the request on c a WebSocket handshake? 0 when it is one (req
  * filled), 1 when it is no upgrade to websocket at all, or the HTTP status
- * to refuse it with: 400, or 426 for a version other than 13. */
+ * to refuse it with (req->refusal says why): 400 (a malformed
+ * Sec-WebSocket-Extensions line among them), or 426 for a version other
+ * than 13. */
 int ymo_ws_check_request(ymo_conn_t *c, ymo_ws_request_t *req);
 
 /* Accept: queue the 101 response (with subprotocol, when not NULL, and the
