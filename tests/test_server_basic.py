@@ -1,4 +1,5 @@
 """Requests and responses: what the handler sees and what the client gets."""
+import collections
 import email.utils
 import os
 import platform
@@ -6,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -150,6 +152,78 @@ def test_respond_accepts_dict_headers_and_str_body(server):
     assert resp.getheader("X-Kind") == "dict"
     assert body == "h\u00e9llo \u2713".encode("utf-8")
     assert resp.getheader("Content-Length") == str(len(body))
+
+
+def test_respond_takes_any_mapping_and_refuses_str_pairs(server):
+    """A mapping gives its items() (MappingProxyType, ChainMap, ... as a dict);
+    a 2-character str is no (name, value) pair."""
+    seen = []
+
+    def handler(ex):
+        kind = ex.path[1:]
+        if kind == "proxy":
+            ex.respond(200, types.MappingProxyType({"X-A": "1", "XY": "2"}), b"")
+        elif kind == "chain":
+            ex.respond(200, collections.ChainMap({"X-B": "3"}), b"")
+        else:
+            try:
+                ex.respond(200, ["XY"], b"")
+            except TypeError as e:
+                seen.append(str(e))
+                ex.respond(400, [], b"")
+
+    live = server(handler)
+    resp, _ = live.get("/proxy")
+    assert (resp.getheader("X-A"), resp.getheader("XY"), resp.getheader("X")) == ("1", "2", None)
+    assert live.get("/chain")[0].getheader("X-B") == "3"
+    assert live.get("/str")[0].status == 400
+    assert seen == ["each header must be a (name, value) pair, not str"]
+
+
+def test_respond_inside_the_headers_own_iteration_sends_one_answer(server):
+    """Reading the headers runs the application's code, which answered
+    already: the outer respond() refuses, and one response goes out."""
+    seen = []
+
+    class Sneaky:
+        def __init__(self, ex):
+            self.ex = ex
+
+        def __iter__(self):
+            self.ex.respond(200, [], b"inner")
+            return iter([("X-Outer", "1")])
+
+    def handler(ex):
+        try:
+            ex.respond(200, Sneaky(ex), b"outer")
+        except RuntimeError as e:
+            seen.append(str(e))
+
+    live = server(handler)
+    with RawConn(live.address) as c:
+        c.send(get_request("/") + get_request("/next"))
+        assert c.read_response().body == b"inner"
+        assert c.read_response().body == b"inner"
+    assert seen == ["the response has already started"] * 2
+
+
+def test_read_and_cached_attributes_after_the_handler(server):
+    """read() is a method: the exchange's, while the handler runs, even with
+    the body read; target and tls, once read, stay readable."""
+    kept = []
+
+    def handler(ex):
+        assert ex.body == b"abcdef" and ex.read(2) == b"ab"
+        ex.target, ex.tls
+        kept.append(ex)
+        ex.respond(200, [], b"")
+
+    live = server(handler)
+    live.get("/t?q=1", method="POST", body=b"abcdef")
+    (ex,) = kept
+    assert (ex.target, ex.tls) == ("/t?q=1", None)
+    with pytest.raises(RuntimeError, match="handler returned"):
+        ex.read()
 
 
 def test_respond_keeps_duplicate_header_pairs(server):

@@ -1,10 +1,12 @@
 """Request bodies (Content-Length, chunked, 100-continue) and streamed responses."""
 import hashlib
 import os
+import sys
+import threading
 
 import pytest
 
-from conftest import RawConn, get_request
+from conftest import IO_TIMEOUT, RawConn, get_request, wait_for
 
 MiB = 1024 * 1024
 
@@ -312,3 +314,76 @@ def test_8mib_download_streamed(server):
             assert resp.read() == body
     finally:
         conn.close()
+
+
+# --- Output goes out as the handler makes it ---------------------------------
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_each_write_reaches_the_client_while_the_handler_goes_on(server, threads):
+    """A streamed write() is sent at once, not when the handler returns: the
+    client reads each piece before the handler makes the next."""
+    got_a = threading.Event()
+
+    def handler(ex):
+        ex.start(200, [("Content-Type", "text/plain")])
+        ex.write(b"a")
+        assert got_a.wait(IO_TIMEOUT), "the client never saw the first piece"
+        ex.write(b"b")
+        ex.end()
+
+    live = server(handler, threads=threads)
+    with RawConn(live.address) as c:
+        c.send(get_request("/"))
+        assert c.read_head().status == 200
+        assert c.read_line() == b"1" and c.read_exact(3) == b"a\r\n"
+        got_a.set()
+        assert c.read_line() == b"1" and c.read_exact(3) == b"b\r\n"
+
+
+def test_respond_on_a_worker_thread_is_sent_before_the_handler_returns(server):
+    seen = threading.Event()
+
+    def handler(ex):
+        ex.respond(200, [], b"answered")
+        seen.wait(3 * IO_TIMEOUT)
+
+    live = server(handler, threads=2)
+    with RawConn(live.address, timeout=IO_TIMEOUT) as c:   # shorter than the handler's wait
+        c.send(get_request("/"))
+        assert c.read_response().body == b"answered"
+        seen.set()
+
+
+def test_a_started_response_goes_out_before_the_body_is_awaited(server):
+    """Expect: 100-continue, and the handler starts its answer before it
+    reads the body: no 100 then (RFC 9110 10.1.1), but the head it queued is
+    sent before the wait, or a client waiting for either stalls until
+    body_timeout."""
+    def handler(ex):
+        ex.start(200, [("Content-Type", "text/plain")])
+        ex.write(ex.read())
+        ex.end()
+
+    live = server(handler, threads=2, body_timeout=60)
+    with RawConn(live.address) as c:
+        c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        assert c.read_head().status == 200
+        c.send(b"ping")
+        assert c.read_line() == b"4" and c.read_exact(6) == b"ping\r\n"
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_sent_body_is_let_go_while_the_server_idles(server, threads):
+    """The server holds no reference to a body once it is written, also
+    when no other request comes (20 MiB bodies would otherwise stay). The
+    body is referenced, not copied, and written whole by the flush after the
+    handler, the one that used to park its reference until the next event."""
+    body = b"x" * (64 << 10)      # over the 8 KiB that are copied, under the socket buffer
+    base = sys.getrefcount(body)
+    live = server(lambda ex: ex.respond(200, [], body), threads=threads)
+    with RawConn(live.address) as c:
+        c.send(get_request("/"))
+        assert len(c.read_response().body) == len(body)
+        assert wait_for(lambda: sys.getrefcount(body) == base, IO_TIMEOUT), \
+            "%d references still held" % (sys.getrefcount(body) - base)

@@ -185,6 +185,7 @@ def test_exchange_and_headers_cannot_be_constructed():
     (dict(backlog=-1), ValueError, "backlog"),
     (dict(keepalive_timeout=-1.0), ValueError, "keepalive_timeout"),
     (dict(keepalive_timeout="5"), TypeError, "keepalive_timeout"),
+    (dict(keepalive_timeout=True), TypeError, "keepalive_timeout"),
     (dict(header_timeout=-1.0), ValueError, "header_timeout"),
     (dict(max_body_size=-1), ValueError, "max_body_size"),
     (dict(sock="not a socket"), TypeError, "sock"),
@@ -192,6 +193,7 @@ def test_exchange_and_headers_cannot_be_constructed():
     (dict(host="127.0.0.1\0junk"), ValueError, "host"),
     (dict(sock=-5), ValueError, "fd -5"),
     (dict(sock=2**70), ValueError, "sock"),
+    (dict(sock=999999), ValueError, "sock must be an open socket (fd 999999 is not open)"),
     (dict(threads=2**70), ValueError, "threads"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_server_argument_names_the_argument(kwargs, exc, name):

@@ -198,8 +198,13 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     /* More ready work (the per-iteration bound was hit), output queued
      * while flushing, or busy polling after recent input: poll without
      * blocking. */
-    if (s->ready != NULL || s->dirty != NULL
-        || (s->cfg.busy_poll > 0 && ev_now(loop) - s->last_input < s->cfg.busy_poll)) {
+    int busy = s->ready != NULL || s->dirty != NULL
+               || (s->cfg.busy_poll > 0 && ev_now(loop) - s->last_input < s->cfg.busy_poll);
+    if (!busy && s->hooks.idle != NULL) {
+        s->hooks.idle(s);
+        busy = s->ready != NULL || s->dirty != NULL;
+    }
+    if (busy) {
         if (!ev_is_active(&s->idle))
             ev_idle_start(loop, &s->idle);
     } else if (ev_is_active(&s->idle)) {

@@ -723,6 +723,10 @@ static int pull_body(ymo_conn_t *c, session_t *ss)
     if (ss->body_end > before)
         return YMO_AGAIN;
     r = send_continue(c, ss);
+    /* What the handler queued goes first: a client may hold its body back
+     * until it sees the answer begin (no 100 once the response started). */
+    if (r == 0 && c->out.bytes > 0)
+        r = ymo_conn_write_now(c);
     if (r == 0)
         r = ymo_conn_read_sync(c, c->server->cfg.body_timeout);
     if (r == YMO_E_TIMEOUT) {

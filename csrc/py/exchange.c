@@ -14,9 +14,10 @@ typedef struct {
     PyObject_HEAD
     ymo_conn_t *conn;           /* NULL once the exchange is over */
     YmoServerObject *server;    /* borrowed: valid while conn is set */
-    PyObject *method, *path, *query, *version, *headers, *body, *remote_addr;
+    PyObject *method, *path, *query, *target, *version, *headers, *body, *remote_addr, *tls;
     size_t read_pos;
     pthread_t thread;           /* the one running the handler, which owns conn */
+    int starting;               /* start_response is reading the header pairs */
 } YmoExchangeObject;
 
 static ymo_py_state *ex_state(YmoExchangeObject *ex)
@@ -77,11 +78,7 @@ static PyObject *ex_query(YmoExchangeObject *ex, void *c)
 
 static PyObject *ex_target(YmoExchangeObject *ex, void *c)
 {
-    if (check_live(ex) < 0)
-        return NULL;
-    const char *base;
-    const ymo_http_parser_t *p = request(ex, &base);
-    return span_str(base, p->target);
+    CACHED(target, span_str(base, p->target));
 }
 
 static PyObject *ex_version(YmoExchangeObject *ex, void *c)
@@ -132,9 +129,7 @@ static PyObject *ex_remote_addr(YmoExchangeObject *ex, void *c)
 
 static PyObject *ex_tls(YmoExchangeObject *ex, void *c)
 {
-    if (check_live(ex) < 0)
-        return NULL;
-    return ymo__py_tls_info(ex->conn);
+    CACHED(tls, ymo__py_tls_info(ex->conn));
 }
 
 /* Make sure the whole body is in; for a request that waits on 100-continue
@@ -182,6 +177,9 @@ static PyObject *ex_read(YmoExchangeObject *ex, PyObject *const *args, Py_ssize_
     }
     const char *data;
     size_t len;
+    /* A method: the handler's, while it runs, even with the body read. */
+    if (check_live(ex) < 0)
+        return NULL;
     if (ex->body != NULL) {
         data = PyBytes_AS_STRING(ex->body);
         len = (size_t)PyBytes_GET_SIZE(ex->body);
@@ -228,6 +226,11 @@ static int field_bytes(PyObject *o, const char *what, PyObject **keep, const cha
 
 static int add_header(ymo_conn_t *c, PyObject *pair)
 {
+    if (PyUnicode_Check(pair) || PyBytes_Check(pair)) {
+        PyErr_Format(PyExc_TypeError, "each header must be a (name, value) pair, not %.100s",
+                     Py_TYPE(pair)->tp_name);
+        return -1;
+    }
     PyObject *seq = PySequence_Fast(pair, "each header must be a (name, value) pair");
     if (seq == NULL)
         return -1;
@@ -276,16 +279,23 @@ done0:
     return rc;
 }
 
+static int check_client(YmoExchangeObject *ex)
+{
+    if (ex->conn->flags & YMO_CONN_CLOSED) {
+        PyErr_SetString(PyExc_ConnectionError, "the client went away");
+        return -1;
+    }
+    return 0;
+}
+
 /* Queue the status line and header fields; on failure nothing stays queued. */
 static int start_response(YmoExchangeObject *ex, PyObject *status_o, PyObject *headers,
                           int64_t known_len)
 {
     if (check_live(ex) < 0)
         return -1;
-    ymo_conn_t *c = ex->conn;
-    ymo_http_response_t *resp = ymo_http_response(c);
-    if (resp->flags & YMO_RESP_STARTED) {
-        PyErr_SetString(PyExc_RuntimeError, "the response has already started");
+    if (ex->starting) {
+        PyErr_SetString(PyExc_RuntimeError, "a response started while its headers were read");
         return -1;
     }
     unsigned long long status = 0;
@@ -295,23 +305,38 @@ static int start_response(YmoExchangeObject *ex, PyObject *status_o, PyObject *h
     }
     if (ymo__py_uint_arg(status_o, "status", 200, 999, &status) < 0)
         return -1;
-    PyObject *it = NULL;
+    /* The headers as a list first: a mapping's items() or an iterable run
+     * the application's code, which must be done before the response is
+     * touched (and may not start one itself: checked after). */
+    PyObject *list = NULL;
     if (headers != NULL && headers != Py_None) {
-        if (PyDict_Check(headers)) {
-            PyObject *items = PyDict_Items(headers);
-            if (items == NULL)
-                return -1;
-            it = PyObject_GetIter(items);
-            Py_DECREF(items);
-        } else {
-            it = PyObject_GetIter(headers);
+        int mapping = PyDict_Check(headers)
+                      || (!PyList_Check(headers) && !PyTuple_Check(headers)
+                          && PyObject_HasAttrString(headers, "items"));
+        PyObject *src = mapping ? PyObject_CallMethod(headers, "items", NULL) : Py_NewRef(headers);
+        if (src != NULL) {
+            list = PySequence_List(src);
+            Py_DECREF(src);
         }
-        if (it == NULL) {
-            PyErr_Format(PyExc_TypeError,
-                         "headers must be a list of (name, value) pairs or a dict, not %.100s",
-                         Py_TYPE(headers)->tp_name);
+        if (list == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Format(PyExc_TypeError,
+                             "headers must be a list of (name, value) pairs or a mapping, not %.100s",
+                             Py_TYPE(headers)->tp_name);
+            }
             return -1;
         }
+    }
+    if (check_live(ex) < 0 || check_client(ex) < 0) {
+        Py_XDECREF(list);
+        return -1;
+    }
+    ymo_conn_t *c = ex->conn;
+    ymo_http_response_t *resp = ymo_http_response(c);
+    if (resp->flags & YMO_RESP_STARTED) {
+        Py_XDECREF(list);
+        PyErr_SetString(PyExc_RuntimeError, "the response has already started");
+        return -1;
     }
     ymo_outq_mark_t mark;
     ymo_outq_mark(&c->out, &mark);
@@ -319,17 +344,16 @@ static int start_response(YmoExchangeObject *ex, PyObject *status_o, PyObject *h
         PyErr_NoMemory();
         goto fail;
     }
-    if (it != NULL) {
-        PyObject *pair;
-        while ((pair = PyIter_Next(it)) != NULL) {
-            int r = add_header(c, pair);
-            Py_DECREF(pair);
-            if (r < 0)
+    if (list != NULL) {
+        ex->starting = 1;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+            if (add_header(c, PyList_GET_ITEM(list, i)) < 0) {
+                ex->starting = 0;
                 goto fail;
+            }
         }
-        if (PyErr_Occurred())
-            goto fail;
-        Py_CLEAR(it);
+        ex->starting = 0;
+        Py_CLEAR(list);
     }
     /* respond() knows its body: a declared length that differs would send
      * a response cut short or overlong, so nothing is sent. (HEAD, 204
@@ -348,7 +372,7 @@ static int start_response(YmoExchangeObject *ex, PyObject *status_o, PyObject *h
     }
     return 0;
 fail:
-    Py_XDECREF(it);
+    Py_XDECREF(list);
     ymo_outq_rollback(&c->out, &mark);
     memset(resp, 0, sizeof(*resp));
     return -1;
@@ -422,13 +446,16 @@ int ymo__py_backpressure(YmoServerObject *srv, ymo_conn_t *c)
     return 0;
 }
 
-static int check_client(YmoExchangeObject *ex)
+/* Output goes out as the handler makes it, not when it returns: what is
+ * queued is written now, as far as the socket takes it (the rest by the
+ * loop), and past send_high_water the handler waits for the client. */
+static int push(YmoExchangeObject *ex)
 {
-    if (ex->conn->flags & YMO_CONN_CLOSED) {
-        PyErr_SetString(PyExc_ConnectionError, "the client went away");
+    if (ymo_conn_write_now(ex->conn) < 0)
+        ymo_conn_close(ex->conn);
+    if (check_client(ex) < 0)
         return -1;
-    }
-    return 0;
+    return ymo__py_backpressure(ex->server, ex->conn);
 }
 
 static PyObject *ex_respond(YmoExchangeObject *ex, PyObject *args, PyObject *kw)
@@ -451,6 +478,10 @@ static PyObject *ex_respond(YmoExchangeObject *ex, PyObject *args, PyObject *kw)
     int r = send_body(ex, p, len, owner);
     ymo_http_response_finish(ex->conn);
     if (r < 0)
+        return NULL;
+    /* On a worker thread the handler may go on after answering: the answer
+     * goes now. On the loop, the flush after the handler batches it. */
+    if ((ex->conn->flags & YMO_CONN_CHECKED_OUT) && push(ex) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -484,7 +515,7 @@ static PyObject *ex_write(YmoExchangeObject *ex, PyObject *data)
     PyObject *owner;
     if (body_data(data, &p, &len, &owner) < 0)
         return NULL;
-    if (send_body(ex, p, len, owner) < 0 || ymo__py_backpressure(ex->server, ex->conn) < 0)
+    if (send_body(ex, p, len, owner) < 0 || push(ex) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -504,6 +535,8 @@ static PyObject *ex_end(YmoExchangeObject *ex, PyObject *unused)
         PyErr_SetString(PyExc_ValueError, "body shorter than the declared Content-Length");
         return NULL;
     }
+    if ((ex->conn->flags & YMO_CONN_CHECKED_OUT) && push(ex) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -561,9 +594,10 @@ void ymo__py_exchange_run(YmoServerObject *srv, ymo_conn_t *c)
     }
     ex->conn = c;
     ex->server = srv;
-    ex->method = ex->path = ex->query = ex->version = NULL;
-    ex->headers = ex->body = ex->remote_addr = NULL;
+    ex->method = ex->path = ex->query = ex->target = ex->version = NULL;
+    ex->headers = ex->body = ex->remote_addr = ex->tls = NULL;
     ex->read_pos = 0;
+    ex->starting = 0;
     ex->thread = pthread_self();
     ymo_http_set_exchange(c, ex);
 
@@ -612,7 +646,9 @@ static void ex_dealloc(YmoExchangeObject *ex)
     Py_XDECREF(ex->method);
     Py_XDECREF(ex->path);
     Py_XDECREF(ex->query);
+    Py_XDECREF(ex->target);
     Py_XDECREF(ex->version);
+    Py_XDECREF(ex->tls);
     Py_XDECREF(ex->headers);
     Py_XDECREF(ex->body);
     Py_XDECREF(ex->remote_addr);

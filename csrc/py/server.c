@@ -78,6 +78,46 @@ static void drop_gil(YmoServerObject *self)
     self->tstate = PyEval_SaveThread();
 }
 
+static size_t parked_count(YmoServerObject *self)
+{
+    pthread_mutex_lock(&self->garbage_lock);
+    size_t n = self->ngarbage;
+    pthread_mutex_unlock(&self->garbage_lock);
+    return n;
+}
+
+/* The loop is about to sleep: the bodies written while flushing, parked by
+ * hook_release, are let go now rather than at the next event (an idle
+ * server would otherwise hold the last responses in memory). With worker
+ * threads, which hold the GIL between requests, the loop does not wait for
+ * it here: a timer does it a moment later, if no worker did meanwhile. */
+static void hook_idle(ymo_server_t *s)
+{
+    YmoServerObject *self = (YmoServerObject *)s->data;
+    if (parked_count(self) == 0)
+        return;
+    if (self->nthreads == 0) {
+        take_gil(self);
+        ymo__py_server_drain(self);
+        drop_gil(self);
+    } else if (!ev_is_active(&self->drain)) {
+        ev_timer_set(&self->drain, 0.2, 0.0);
+        ev_timer_start(s->loop, &self->drain);
+        ev_unref(s->loop);      /* it never keeps run() going */
+    }
+}
+
+static void on_drain_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    YmoServerObject *self = (YmoServerObject *)((char *)w - offsetof(YmoServerObject, drain));
+    ev_ref(loop);               /* the one-shot timer is stopping */
+    if (parked_count(self) == 0)
+        return;
+    take_gil(self);
+    ymo__py_server_drain(self);
+    drop_gil(self);
+}
+
 static void hook_dispatch(ymo_server_t *s)
 {
     YmoServerObject *self = (YmoServerObject *)s->data;
@@ -219,8 +259,8 @@ static int set_seconds(PyObject *o, const char *name, int zero_ok, double *out)
 {
     if (o == NULL || o == Py_None)
         return 0;
-    double v = PyFloat_AsDouble(o);
-    if (v == -1.0 && PyErr_Occurred()) {
+    double v = PyBool_Check(o) ? -1.0 : PyFloat_AsDouble(o);
+    if (PyBool_Check(o) || (v == -1.0 && PyErr_Occurred())) {
         PyErr_Format(PyExc_TypeError, "%s must be a number", name);
         return -1;
     }
@@ -342,6 +382,10 @@ static int take_socket(YmoServerObject *self, PyObject *sock, int tls)
     fd = (int)lfd;
     /* A duplicate: the caller's object keeps (and closes) its own. */
     int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dfd < 0 && errno == EBADF) {
+        PyErr_Format(PyExc_ValueError, "sock must be an open socket (fd %d is not open)", fd);
+        return -1;
+    }
     if (dfd < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
@@ -619,6 +663,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
         .log = hook_log,
         .submit = nthreads > 0 ? hook_submit : NULL,
         .resume = hook_resume,
+        .idle = hook_idle,
     };
     ymo__py_ws_hooks(&hooks);
     int r = ymo_server_init(&self->srv, &cfg, &hooks, self);
@@ -628,6 +673,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     }
     ev_init(&self->tick, on_tick_timer);
     self->tick.repeat = tick;
+    ev_init(&self->drain, on_drain_timer);
     if (tls_o != Py_None) {
         ymo_tls_t *t;
         if (ymo__py_tls_load(tls_o, &t) < 0)
@@ -846,6 +892,10 @@ static PyObject *server_run(YmoServerObject *self, PyObject *unused)
     if (self->on_tick != NULL) {
         ev_ref(self->srv.loop);
         ev_timer_stop(self->srv.loop, &self->tick);
+    }
+    if (ev_is_active(&self->drain)) {
+        ev_ref(self->srv.loop);
+        ev_timer_stop(self->srv.loop, &self->drain);
     }
     if (workers != NULL) {
         join_workers(self, workers);

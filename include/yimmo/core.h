@@ -238,6 +238,10 @@ typedef struct {
     void (*ws_open)(ymo_server_t *s, ymo_conn_t *c);
     void (*ws_message)(ymo_server_t *s, ymo_conn_t *c, int opcode, uint8_t *data, size_t len);
     void (*ws_close)(ymo_server_t *s, ymo_conn_t *c, int code, const char *reason, size_t len);
+    /* Optional: the loop is about to sleep (nothing ready, nothing left to
+     * write). The embedder may tidy up, e.g. let go of the owners release
+     * handed it without its lock; work it makes is done before the sleep. */
+    void (*idle)(ymo_server_t *s);
 } ymo_server_hooks_t;
 
 typedef struct {
