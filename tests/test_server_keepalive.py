@@ -175,3 +175,21 @@ def test_header_timeout_is_not_reset_by_a_trickling_client(server):
             closed = True
             break
     assert closed, "connection still open 2.5 s after header_timeout=0.4"
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+@pytest.mark.parametrize("tail", [b"GET /partial HTTP/1.1\r\nHo", b"POST /p HTTP/1.1\r\nHost: t\r\n"
+                                  b"Content-Length: 100\r\n\r\nonly part"], ids=["head", "body"])
+def test_answers_queued_before_a_partial_request_and_fin_are_all_sent(server, threads, tail):
+    """A client pipelines a request, then half of another, then ends its
+    side. The half request is never answered, but the answer before it is,
+    whole: it used to be dropped where the server saw the FIN behind the
+    half request, with most of it still queued (here all of it is queued at
+    once: send_high_water above its size)."""
+    body = b"b" * (8 << 20)
+    live = server(lambda ex: ex.respond(200, [], body), threads=threads, send_high_water=64 << 20)
+    with RawConn(live.address, rcvbuf=4096) as c:
+        c.send(get_request("/big") + tail)
+        c.sock.shutdown(socket.SHUT_WR)
+        assert len(c.read_response().body) == len(body)
+        c.assert_closed()

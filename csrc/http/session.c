@@ -263,6 +263,16 @@ static int expects_body(const ymo_http_parser_t *p)
            || ((p->flags & YMO_HTTP_F_CONTENT_LENGTH) && p->content_length > 0);
 }
 
+/* The peer ended its side half-way through a request nobody will answer.
+ * The answers to the requests before it may still be queued: they go out
+ * (a blocked write gets the send timeout), then the connection closes. */
+static void partial_then_eof(ymo_conn_t *c, session_t *ss)
+{
+    ss->state = S_DEAD;
+    ymo_conn_timer(c, 0);
+    ymo_conn_close_after_flush(c);
+}
+
 static void process(ymo_conn_t *c)
 {
     session_t *ss = SESSION(c);
@@ -313,7 +323,7 @@ static void process(ymo_conn_t *c)
             r = ymo_http_parse_head(&ss->parser, c->in.data + ss->rstart, c->in.len - ss->rstart);
             if (r == YMO_AGAIN) {
                 if (c->flags & YMO_CONN_EOF) {
-                    ymo_conn_close(c);
+                    partial_then_eof(c, ss);
                     return;
                 }
                 compact(c, ss);
@@ -387,7 +397,7 @@ static void process(ymo_conn_t *c)
             }
             if (r == YMO_AGAIN) {
                 if (c->flags & YMO_CONN_EOF) {
-                    ymo_conn_close(c);
+                    partial_then_eof(c, ss);
                     return;
                 }
                 compact(c, ss);
@@ -595,13 +605,13 @@ static void on_eof(ymo_conn_t *c, int err)
             ymo_conn_close_after_flush(c);
             return;
         }
-        /* A partial request, then EOF: nobody is left to answer. */
-        ymo_conn_close(c);
+        /* A partial request, then EOF: nobody is left to answer it. */
+        partial_then_eof(c, ss);
         return;
     case S_HEAD:
     case S_BODY:
         /* What arrived was parsed already; the rest never will. */
-        ymo_conn_close(c);
+        partial_then_eof(c, ss);
         return;
     default:
         /* The request is complete: answer it, then close. */
@@ -1272,3 +1282,4 @@ int ymo_http_response_finish(ymo_conn_t *c)
     }
     return 0;
 }
+
