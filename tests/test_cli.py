@@ -535,11 +535,11 @@ def test_access_log_escapes_what_a_client_sends(server):
     y = server("--access-logfile", "-", "hello:app")
     user = 'jösé\n10.9.9.9 - admin "POST /x HTTP/1.1" 200 2'
     auth = "Basic " + base64.b64encode((user + ":pw").encode()).decode()
-    y.get("/e", headers={"Referer": '-" "Spoofed/1.0', "User-Agent": "ua\\",
+    y.get("/e", headers={"Referer": '-" "Spoofed/1.0', "User-Agent": "ua\x85\\",
                          "Authorization": auth})
     line = y.wait_log(r"GET /e", lines=y.out_lines)[0].string
     assert re.fullmatch(r'127\.0\.0\.1 - jösé\\x0a10\.9\.9\.9 - admin \\"POST /x HTTP/1\.1\\" 200 2 '
-                        r'\[[^]]+\] "GET /e HTTP/1\.1" 200 \d+ "-\\" \\"Spoofed/1\.0" "ua\\\\"', line), line
+                        r'\[[^]]+\] "GET /e HTTP/1\.1" 200 \d+ "-\\" \\"Spoofed/1\.0" "ua\\x85\\\\"', line), line
     assert [l for l in y.out_lines if "10.9.9.9" in l] == [line]
 
 

@@ -186,6 +186,8 @@ def test_exchange_and_headers_cannot_be_constructed():
     (dict(keepalive_timeout=-1.0), ValueError, "keepalive_timeout"),
     (dict(keepalive_timeout="5"), TypeError, "keepalive_timeout"),
     (dict(keepalive_timeout=True), TypeError, "keepalive_timeout"),
+    (dict(busy_poll=False), TypeError, "busy_poll"),
+    (dict(ws_ping_interval=False), TypeError, "ws_ping_interval"),
     (dict(header_timeout=-1.0), ValueError, "header_timeout"),
     (dict(max_body_size=-1), ValueError, "max_body_size"),
     (dict(sock="not a socket"), TypeError, "sock"),
@@ -364,3 +366,10 @@ def test_client_reset_mid_streamed_response(server, caplog):
         c.reset()
         assert_still_serving(live)
         assert_still_serving(live)
+
+
+def test_stop_timeout_is_a_number_not_a_bool():
+    srv = yimmo.Server(ok, port=0)
+    with pytest.raises(TypeError, match="timeout must be a number"):
+        srv.stop(True)
+    srv.stop()

@@ -119,13 +119,15 @@ def test_ping_between_fragments(wsgi_server):  # noqa: F811
 
 
 @pytest.mark.parametrize("extra, status, why", [
-    ([("Sec-WebSocket-Version", "12")], 426, b"Sec-WebSocket-Version: 13 only"),
-    ([("Sec-WebSocket-Key", "short")], 400, b"malformed Sec-WebSocket-Key"),
-    ([("Sec-WebSocket-Extensions", "permessage-deflate x")], 400, b"malformed Sec-WebSocket-Extensions"),
+    ([("Sec-WebSocket-Version", "12")], 426, "Sec-WebSocket-Version: 13 only"),
+    ([("Sec-WebSocket-Key", "short")], 400, "malformed Sec-WebSocket-Key"),
+    ([("Sec-WebSocket-Extensions", "permessage-deflate x")], 400, "malformed Sec-WebSocket-Extensions"),
 ])
-def test_accept_on_a_bad_handshake_answers_the_client(wsgi_server, extra, status, why):  # noqa: F811
-    """accept() refuses a handshake that is not valid as the native server
-    does (400, or 426 naming version 13), and raises ValueError in the app."""
+@pytest.mark.parametrize("app_answers", [True, False], ids=["answered", "uncaught"])
+def test_accept_on_a_bad_handshake_names_the_status(wsgi_server, extra, status, why, app_answers):  # noqa: F811
+    """accept() on a handshake that is not valid raises ValueError naming the
+    status and why, and sends nothing: the application answers (uncaught,
+    its one 500), so there is exactly one response."""
     seen = []
 
     def app(environ, start_response):
@@ -133,20 +135,26 @@ def test_accept_on_a_bad_handshake_answers_the_client(wsgi_server, extra, status
             environ["yimmo.websocket"].accept()
         except ValueError as e:
             seen.append(str(e))
+            if not app_answers:
+                raise
+            code = int(str(e).split("(HTTP ")[1][:3])
+            start_response("%d Refused" % code, [("Content-Type", "text/plain")]
+                           + ([("Sec-WebSocket-Version", "13")] if code == 426 else []))
+            return [b"refused\n"]
         return []
 
-    live = wsgi_server(app, validate=False)
+    live = wsgi_server(app, validate=False, expect_errors=not app_answers)
     version = [v for k, v in extra if k == "Sec-WebSocket-Version"]
     key = [v for k, v in extra if k == "Sec-WebSocket-Key"]
     ext = [(k, v) for k, v in extra if k == "Sec-WebSocket-Extensions"]
     with RawConn(("127.0.0.1", live.port)) as c:
         c.send(upgrade_request("/", version=version[0] if version else "13",
-                               key=key[0] if key else "dGhlIHNhbXBsZSBub25jZQ==", extra=ext))
+                               key=key[0] if key else "dGhlIHNhbXBsZSBub25jZQ==", extra=ext)
+               + upgrade_request("/", key="short"))
         resp = c.read_response()
-        assert resp.status == status and why in resp.body, resp
-        if status == 426:
-            assert resp.header("sec-websocket-version") == "13"
-    assert seen and "not a valid WebSocket handshake (HTTP %d" % status in seen[0]
+        assert resp.status == (status if app_answers else 500), resp
+        assert c.read_response().status == (400 if app_answers else 500)   # the next request, as usual
+    assert seen[0] == "not a valid WebSocket handshake (HTTP %d: %s)" % (status, why)
 
 
 @pytest.mark.parametrize("offer, chosen, ok", [(["a", "b"], "b", True), (["a"], "chat", False),

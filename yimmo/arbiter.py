@@ -256,9 +256,11 @@ class AccessLog:
         return _ATOMS.get(name, lambda e, s, h, b, d: None)
 
 
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\]')
-_ESCAPES = {c: "\\x%02x" % c for c in [*range(0x20), 0x7f]}
-_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
+# What str.splitlines() would break a line at, or a terminal would act on:
+# C0, DEL, C1 (NEL among them) and the Unicode line and paragraph separators.
+_UNSAFE = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029"\\\\]')
+_ESCAPES = {c: "\\x%02x" % c for c in [*range(0x20), *range(0x7f, 0xa0)]}
+_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029", ord('"'): '\\"', ord("\\"): "\\\\"})
 
 
 def _user(environ):

@@ -177,9 +177,14 @@ static PyObject *ex_read(YmoExchangeObject *ex, PyObject *const *args, Py_ssize_
     }
     const char *data;
     size_t len;
-    /* A method: the handler's, while it runs, even with the body read. */
+    /* A method: the handler's, while it runs, even with the body read; not
+     * from inside the header pairs of a response being started. */
     if (check_live(ex) < 0)
         return NULL;
+    if (ex->starting) {
+        PyErr_SetString(PyExc_RuntimeError, "read() while a response's headers were read");
+        return NULL;
+    }
     if (ex->body != NULL) {
         data = PyBytes_AS_STRING(ex->body);
         len = (size_t)PyBytes_GET_SIZE(ex->body);
@@ -446,16 +451,18 @@ int ymo__py_backpressure(YmoServerObject *srv, ymo_conn_t *c)
     return 0;
 }
 
-/* Output goes out as the handler makes it, not when it returns: what is
- * queued is written now, as far as the socket takes it (the rest by the
- * loop), and past send_high_water the handler waits for the client. */
+/* On a worker thread, output goes out as the handler makes it, not when it
+ * returns: what is queued is written now, as far as the socket takes it
+ * without waiting (the loop writes the rest after the handler). On the
+ * loop thread the handler holds every connection anyway: the flush after
+ * it batches its pieces into one write. */
 static int push(YmoExchangeObject *ex)
 {
+    if (!(ex->conn->flags & YMO_CONN_CHECKED_OUT))
+        return 0;
     if (ymo_conn_write_now(ex->conn) < 0)
         ymo_conn_close(ex->conn);
-    if (check_client(ex) < 0)
-        return -1;
-    return ymo__py_backpressure(ex->server, ex->conn);
+    return check_client(ex);
 }
 
 static PyObject *ex_respond(YmoExchangeObject *ex, PyObject *args, PyObject *kw)
@@ -479,9 +486,8 @@ static PyObject *ex_respond(YmoExchangeObject *ex, PyObject *args, PyObject *kw)
     ymo_http_response_finish(ex->conn);
     if (r < 0)
         return NULL;
-    /* On a worker thread the handler may go on after answering: the answer
-     * goes now. On the loop, the flush after the handler batches it. */
-    if ((ex->conn->flags & YMO_CONN_CHECKED_OUT) && push(ex) < 0)
+    /* On a worker thread the handler may go on after answering. */
+    if (push(ex) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -515,7 +521,8 @@ static PyObject *ex_write(YmoExchangeObject *ex, PyObject *data)
     PyObject *owner;
     if (body_data(data, &p, &len, &owner) < 0)
         return NULL;
-    if (send_body(ex, p, len, owner) < 0 || push(ex) < 0)
+    if (send_body(ex, p, len, owner) < 0 || push(ex) < 0
+        || ymo__py_backpressure(ex->server, ex->conn) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -535,7 +542,7 @@ static PyObject *ex_end(YmoExchangeObject *ex, PyObject *unused)
         PyErr_SetString(PyExc_ValueError, "body shorter than the declared Content-Length");
         return NULL;
     }
-    if ((ex->conn->flags & YMO_CONN_CHECKED_OUT) && push(ex) < 0)
+    if (push(ex) < 0)
         return NULL;
     Py_RETURN_NONE;
 }

@@ -86,25 +86,19 @@ static size_t parked_count(YmoServerObject *self)
     return n;
 }
 
-/* The loop is about to sleep: the bodies written while flushing, parked by
- * hook_release, are let go now rather than at the next event (an idle
- * server would otherwise hold the last responses in memory). With worker
- * threads, which hold the GIL between requests, the loop does not wait for
- * it here: a timer does it a moment later, if no worker did meanwhile. */
+/* The loop is about to sleep with references parked by hook_release (bodies
+ * written while flushing, without the GIL): they are let go a moment later
+ * if no request (whose dispatch drains them) came meanwhile, so an idle
+ * server does not hold its last responses in memory. Not at once: under
+ * load the loop would take the GIL again on nearly every pass. */
 static void hook_idle(ymo_server_t *s)
 {
     YmoServerObject *self = (YmoServerObject *)s->data;
-    if (parked_count(self) == 0)
+    if (ev_is_active(&self->drain) || parked_count(self) == 0)
         return;
-    if (self->nthreads == 0) {
-        take_gil(self);
-        ymo__py_server_drain(self);
-        drop_gil(self);
-    } else if (!ev_is_active(&self->drain)) {
-        ev_timer_set(&self->drain, 0.2, 0.0);
-        ev_timer_start(s->loop, &self->drain);
-        ev_unref(s->loop);      /* it never keeps run() going */
-    }
+    ev_timer_set(&self->drain, 0.2, 0.0);
+    ev_timer_start(s->loop, &self->drain);
+    ev_unref(s->loop);          /* it never keeps run() going */
 }
 
 static void on_drain_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -116,6 +110,8 @@ static void on_drain_timer(struct ev_loop *loop, ev_timer *w, int revents)
     take_gil(self);
     ymo__py_server_drain(self);
     drop_gil(self);
+    if (self->nthreads == 0)
+        self->srv.dispatch_wanted = 0;  /* drained: no GIL needed for it at the next pass */
 }
 
 static void hook_dispatch(ymo_server_t *s)
@@ -278,8 +274,9 @@ static int set_busy_poll(PyObject *o, double *out)
 {
     if (o == NULL || o == Py_None)
         return 0;
-    double v = PyFloat_AsDouble(o);
-    if (v == -1.0 && PyErr_Occurred()) {
+    double v = PyBool_Check(o) ? -1.0 : PyFloat_AsDouble(o);
+    if (PyBool_Check(o) || (v == -1.0 && PyErr_Occurred())) {
+        PyErr_Clear();
         PyErr_SetString(PyExc_TypeError, "busy_poll must be a number");
         return -1;
     }
@@ -625,7 +622,7 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     if (set_seconds(ws_idle, "ws_idle_timeout", 0, &wscfg.idle_timeout) < 0)
         return NULL;
     wscfg.ping_timeout = 20.0;
-    if (ws_ping != NULL && ws_ping != Py_None && PyNumber_Check(ws_ping)
+    if (ws_ping != NULL && ws_ping != Py_None && PyNumber_Check(ws_ping) && !PyBool_Check(ws_ping)
         && PyFloat_AsDouble(ws_ping) == 0.0)
         wscfg.ping_interval = 0;    /* 0 turns keep-alive pings off */
     else if (set_seconds(ws_ping, "ws_ping_interval", 0, &wscfg.ping_interval) < 0)
@@ -923,6 +920,10 @@ static PyObject *server_stop(YmoServerObject *self, PyObject *args, PyObject *kw
         return NULL;
     double t = -1.0;
     if (timeout != Py_None) {
+        if (PyBool_Check(timeout)) {
+            PyErr_SetString(PyExc_TypeError, "timeout must be a number of seconds or None");
+            return NULL;
+        }
         t = PyFloat_AsDouble(timeout);
         if (t == -1.0 && PyErr_Occurred())
             return NULL;

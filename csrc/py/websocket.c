@@ -866,13 +866,11 @@ static PyObject *sync_accept(YmoWSGIWebSocketObject *w, PyObject *args, PyObject
     ymo_ws_request_t req;
     int r = ymo_ws_check_request(w->conn, &req);
     if (r != 0) {
-        /* The client hears why, as from a native server; the application
-         * gets the error (and its 500 is not sent over this answer). */
-        const char *why = r == 1 ? "no Upgrade: websocket" : req.refusal;
-        if (!(ymo_http_response(w->conn)->flags & YMO_RESP_STARTED))
-            refuse(w->conn, r == 1 ? 400 : r, why);
+        /* The application answers: with the status named here (426 wants
+         * Sec-WebSocket-Version: 13 with it), or however its framework
+         * answers an error. */
         PyErr_Format(PyExc_ValueError, "not a valid WebSocket handshake (HTTP %d: %s)",
-                     r == 1 ? 400 : r, why);
+                     r == 1 ? 400 : r, r == 1 ? "no Upgrade: websocket" : req.refusal);
         return NULL;
     }
     ymo_ws_config_t cfg = w->server->ws_config;

@@ -1267,11 +1267,8 @@ static int pump(YmoWSGIRequestObject *rq)
 
 static int send_result(YmoWSGIRequestObject *rq, PyObject *result)
 {
-    ymo_http_response_t *resp = ymo_http_response(rq->conn);
-    /* accept() answered: 101 (the application took the connection as a
-     * WebSocket), or its refusal of a handshake that was not valid. */
-    if (resp->status == 101 || (rq->status == NULL && (resp->flags & YMO_RESP_FINISHED)))
-        return 0;
+    if (ymo_http_response(rq->conn)->status == 101)
+        return 0;   /* the application took the connection as a WebSocket */
     if (Py_IS_TYPE(result, (PyTypeObject *)rq->server->file_wrapper)) {
         int r = send_file(rq, result);
         if (r != 0)
