@@ -386,16 +386,20 @@ def test_a_started_response_goes_out_before_the_body_is_awaited(server):
         assert c.read_line() == b"4" and c.read_exact(6) == b"ping\r\n"
 
 
-@pytest.mark.parametrize("threads", [0, 2])
-def test_a_sent_body_is_let_go_while_the_server_idles(server, threads):
+# Where the last bytes of a body are written without the GIL, the loop parks
+# its reference: in the flush right after a loop-thread handler (a body that
+# fits the socket at once), or in the loop's writes after a worker's own
+# (a body larger than the socket takes while the client reads slowly).
+@pytest.mark.parametrize("threads, size, rcvbuf", [(0, 64 << 10, None), (2, 4 << 20, 4096)],
+                         ids=["loop", "threads"])
+def test_a_sent_body_is_let_go_while_the_server_idles(server, threads, size, rcvbuf):
     """The server holds no reference to a body once it is written, also
-    when no other request comes (20 MiB bodies would otherwise stay): the
-    loop, which writes the end of it without the GIL, lets it go a moment
-    after it goes idle."""
-    body = b"x" * (4 << 20)       # referenced, not copied (over 8 KiB); more than one write
+    when no other request comes (20 MiB bodies would otherwise stay): what
+    the loop parked is let go a moment after it goes idle."""
+    body = b"x" * size            # referenced, not copied (over 8 KiB)
     base = sys.getrefcount(body)
     live = server(lambda ex: ex.respond(200, [], body), threads=threads)
-    with RawConn(live.address, rcvbuf=4096) as c:      # the loop writes the end, without the GIL
+    with RawConn(live.address, rcvbuf=rcvbuf) as c:
         c.send(get_request("/"))
         assert len(c.read_response().body) == len(body)
         assert wait_for(lambda: sys.getrefcount(body) == base, IO_TIMEOUT), \

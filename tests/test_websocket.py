@@ -1489,7 +1489,9 @@ def test_close_waits_for_the_peer_after_its_frame_is_out_not_send_timeout(ws_ser
     for the peer's close is the 5 s of a close, not send_timeout (60 s here)."""
     h = SendsThenCloses(8 << 20)
     live, url = ws_server(h, send_timeout=60)
-    conn = RawConn(live.address, rcvbuf=65536, timeout=20)
+    # A small window: the client's reads make the server's writes block
+    # again after ws.close() (with a fast reader the rest could go at once).
+    conn = RawConn(live.address, rcvbuf=4096, timeout=20)
     with conn:
         conn.send(upgrade_request())
         assert conn.read_head().status == 101
