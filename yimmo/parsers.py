@@ -57,8 +57,9 @@ returns ``(frames, consumed)``:
 reading client frames. ``rsv_allowed`` is the RSV bits an extension
 negotiated, as they sit in the first header byte (0x40: RSV1, what
 permessage-deflate uses); an allowed bit then still only goes on the first
-frame of a data message (never on a continuation or a control frame). ``data`` is any bytes-like object; it is not modified (the
-payload is unmasked on a copy). ``cuts``, ascending offsets into ``data``,
+frame of a data message (never on a continuation or a control frame).
+``data`` is any bytes-like object; it is not modified (the payload is
+unmasked on a copy). ``cuts``, ascending offsets into ``data``,
 feeds it in pieces, each parsed to its end before the next, as the server's
 reads deliver bytes: the parser resumes inside headers, payloads and the
 masking key, and the result must be the same as whole (the ``ws_frames``

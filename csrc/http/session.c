@@ -1282,4 +1282,3 @@ int ymo_http_response_finish(ymo_conn_t *c)
     }
     return 0;
 }
-

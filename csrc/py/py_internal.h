@@ -192,7 +192,7 @@ typedef struct {
     ev_io sigio;
     ev_timer tick;
     PyObject *on_tick;          /* callable() every tick interval, or NULL */
-    ev_timer drain;             /* threads > 0: lets parked references go when idle */
+    ev_timer drain;             /* lets references parked without the GIL go when idle */
     int tune_malloc;            /* run() calls ymo__py_tune_malloc() */
     /* WSGIServer only. */
     int wsgi;

@@ -250,16 +250,27 @@ static void on_tick_timer(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* --- Construction ---------------------------------------------------------- */
 
-/* A number of seconds > 0 (>= 0 with zero_ok). */
-static int set_seconds(PyObject *o, const char *name, int zero_ok, double *out)
+/* A number of seconds into *v: TypeError naming it for anything else (a
+ * bool too: True is no duration). */
+static int seconds_arg(PyObject *o, const char *name, double *v)
 {
-    if (o == NULL || o == Py_None)
-        return 0;
-    double v = PyBool_Check(o) ? -1.0 : PyFloat_AsDouble(o);
-    if (PyBool_Check(o) || (v == -1.0 && PyErr_Occurred())) {
+    *v = PyBool_Check(o) ? -1.0 : PyFloat_AsDouble(o);
+    if (PyBool_Check(o) || (*v == -1.0 && PyErr_Occurred())) {
+        PyErr_Clear();
         PyErr_Format(PyExc_TypeError, "%s must be a number", name);
         return -1;
     }
+    return 0;
+}
+
+/* A number of seconds > 0 (>= 0 with zero_ok). */
+static int set_seconds(PyObject *o, const char *name, int zero_ok, double *out)
+{
+    double v;
+    if (o == NULL || o == Py_None)
+        return 0;
+    if (seconds_arg(o, name, &v) < 0)
+        return -1;
     if (zero_ok ? !(v >= 0) : !(v > 0)) {
         PyErr_Format(PyExc_ValueError, "%s must be %s, not %R", name, zero_ok ? ">= 0" : "> 0", o);
         return -1;
@@ -268,18 +279,14 @@ static int set_seconds(PyObject *o, const char *name, int zero_ok, double *out)
     return 0;
 }
 
-
 /* busy_poll: seconds, 0 (off) to 0.01; a value this small is what it is for. */
 static int set_busy_poll(PyObject *o, double *out)
 {
+    double v;
     if (o == NULL || o == Py_None)
         return 0;
-    double v = PyBool_Check(o) ? -1.0 : PyFloat_AsDouble(o);
-    if (PyBool_Check(o) || (v == -1.0 && PyErr_Occurred())) {
-        PyErr_Clear();
-        PyErr_SetString(PyExc_TypeError, "busy_poll must be a number");
+    if (seconds_arg(o, "busy_poll", &v) < 0)
         return -1;
-    }
     if (!(v >= 0 && v <= 0.01)) {
         PyErr_Format(PyExc_ValueError, "busy_poll must be between 0 and 0.01 seconds, not %R", o);
         return -1;
@@ -622,10 +629,8 @@ static PyObject *server_new_common(PyTypeObject *type, PyObject *args, PyObject 
     if (set_seconds(ws_idle, "ws_idle_timeout", 0, &wscfg.idle_timeout) < 0)
         return NULL;
     wscfg.ping_timeout = 20.0;
-    if (ws_ping != NULL && ws_ping != Py_None && PyNumber_Check(ws_ping) && !PyBool_Check(ws_ping)
-        && PyFloat_AsDouble(ws_ping) == 0.0)
-        wscfg.ping_interval = 0;    /* 0 turns keep-alive pings off */
-    else if (set_seconds(ws_ping, "ws_ping_interval", 0, &wscfg.ping_interval) < 0)
+    /* 0 turns keep-alive pings off. */
+    if (set_seconds(ws_ping, "ws_ping_interval", 1, &wscfg.ping_interval) < 0)
         return NULL;
     if (set_seconds(ws_ping_to, "ws_ping_timeout", 0, &wscfg.ping_timeout) < 0)
         return NULL;
@@ -920,12 +925,7 @@ static PyObject *server_stop(YmoServerObject *self, PyObject *args, PyObject *kw
         return NULL;
     double t = -1.0;
     if (timeout != Py_None) {
-        if (PyBool_Check(timeout)) {
-            PyErr_SetString(PyExc_TypeError, "timeout must be a number of seconds or None");
-            return NULL;
-        }
-        t = PyFloat_AsDouble(timeout);
-        if (t == -1.0 && PyErr_Occurred())
+        if (seconds_arg(timeout, "timeout", &t) < 0)
             return NULL;
         if (!(t >= 0)) {
             PyErr_Format(PyExc_ValueError, "timeout must be >= 0 or None, not %R", timeout);

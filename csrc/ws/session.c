@@ -135,18 +135,14 @@ int ymo_ws_check_request(ymo_conn_t *c, ymo_ws_request_t *req)
         req->protocols = base + proto->value.off;
         req->protocols_len = proto->value.len;
     }
-    const ymo_http_header_t *ext = find(p, base, "sec-websocket-extensions", &n);
-    if (ext != NULL) {
-        /* Every line must parse (RFC 6455 4.2.1: 400 for any violation of
-         * the handshake's grammar), before the application is asked. */
-        ymo_ws_deflate_params_t params;
-        char out[160];
-        req->refusal = "malformed Sec-WebSocket-Extensions";
-        if (negotiate(c, &params, out, sizeof(out)) < 0)
-            return 400;
-        req->extensions = base + ext->value.off;
-        req->extensions_len = ext->value.len;
-    }
+    /* Every extensions line must parse (RFC 6455 4.2.1: 400 for any
+     * violation of the handshake's grammar), before the application is
+     * asked; the negotiation is kept for ymo_ws_accept. */
+    req->refusal = "malformed Sec-WebSocket-Extensions";
+    req->deflate = negotiate(c, &req->deflate_params, req->deflate_answer,
+                             sizeof(req->deflate_answer));
+    if (req->deflate < 0)
+        return 400;
     req->refusal = NULL;
     return 0;
 }
@@ -199,19 +195,9 @@ static int start(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subprot
                  const ymo_ws_config_t *cfg, void *user, ws_t **out)
 {
     char accept[29];
-    char ext[160] = "";
-    ymo_ws_deflate_params_t params;
-    int deflate = 0;
+    int deflate = cfg->deflate && req->deflate == 1;
     if (ymo_ws_accept_key(req->key, req->key_len, accept) < 0)
         return YMO_E_STATE;
-    if (cfg->deflate && req->extensions != NULL) {
-        /* ymo_ws_check_request has checked every line already. */
-        deflate = negotiate(c, &params, ext, sizeof(ext));
-        if (deflate < 0) {
-            ymo_http_respond_error(c, 400, "malformed Sec-WebSocket-Extensions");
-            return deflate;
-        }
-    }
     for (size_t i = 0; i < sp_len; i++)
         if (subprotocol[i] == '\r' || subprotocol[i] == '\n' || subprotocol[i] == '\0')
             return YMO_E_BAD_HEADER_VALUE;
@@ -224,7 +210,7 @@ static int start(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subprot
     ws->flags = WF_OPEN_PENDING;
     ymo_ws_parser_init(&ws->parser, cfg->max_message, 1);
     if (deflate) {
-        ws->deflate = ymo_ws_deflate_new(&params);
+        ws->deflate = ymo_ws_deflate_new(&req->deflate_params);
         if (ws->deflate == NULL) {
             free(ws);
             return YMO_E_NOMEM;
@@ -245,7 +231,7 @@ static int start(ymo_conn_t *c, const ymo_ws_request_t *req, const char *subprot
     if (r == 0 && deflate) {
         r = ymo_outq_copy(&c->out, "\r\nSec-WebSocket-Extensions: ", 28);
         if (r == 0)
-            r = ymo_outq_copy(&c->out, ext, strlen(ext));
+            r = ymo_outq_copy(&c->out, req->deflate_answer, strlen(req->deflate_answer));
     }
     if (r == 0)
         r = ymo_outq_copy(&c->out, "\r\n\r\n", 4);

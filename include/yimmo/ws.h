@@ -167,9 +167,12 @@ typedef struct {
     size_t key_len;
     const char *protocols;      /* Sec-WebSocket-Protocol, or NULL */
     size_t protocols_len;
-    const char *extensions;     /* the first Sec-WebSocket-Extensions, or NULL;
-                                   ymo_ws_accept reads every line */
-    size_t extensions_len;
+    /* permessage-deflate, negotiated from every Sec-WebSocket-Extensions
+     * line: deflate is 1 when an offer is acceptable, with its parameters
+     * and the answer for the 101 (ymo_ws_accept uses them if enabled). */
+    int deflate;
+    ymo_ws_deflate_params_t deflate_params;
+    char deflate_answer[160];
     const char *refusal;        /* when refused: why, for the response body */
 } ymo_ws_request_t;
 
